@@ -1,0 +1,306 @@
+"""Run records: the curricula of R training runs and the test losses they produced.
+
+A run set stacks R runs of T steps with batch size B over a pool of N training examples,
+evaluated on M test examples (DESIGN.md section 2):
+
+* ``batches: int32[R, T, B]``, training-example ids; ``-1`` pads a ragged batch, and an id
+  repeated inside a batch counts twice;
+* ``losses: float32[R, T+1, M]``; row 0 is L_0, the losses before any update, row t the
+  losses right after step t.
+
+Run sets are saved as a directory holding ``arrays.npz`` (plain numeric and unicode arrays,
+read with ``allow_pickle=False``) and ``meta.json`` (format version, ids, free metadata),
+written to a temporary directory first and renamed into place, so a crash never leaves a
+half-written run set under the final name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+FORMAT_NAME = "simfluence_jax.RunSet"
+FORMAT_VERSION = 1
+
+
+def _as_id_array(values: Sequence[Any] | None, n: int, what: str) -> np.ndarray:
+    if values is None:
+        return np.arange(n)
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype.kind not in "iuU":
+        raise ValueError(f"{what} must hold integers or strings, got dtype {arr.dtype}")
+    return arr
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RunSet:
+    """R training runs: their curricula and every test example's loss after every step.
+
+    Args:
+      batches: ``int32[R, T, B]`` training-example ids per step; ``-1`` is padding.
+      losses: ``float32[R, T+1, M]`` test losses; row 0 is L_0.
+      num_train: the pool size N. Defaults to ``len(train_ids)`` when ids are given, else to
+        ``max(batches) + 1``.
+      train_ids: ``[N]`` names of the training examples (ints or strings); defaults to 0..N-1.
+      test_ids: ``[M]`` names of the test examples; defaults to 0..M-1.
+      metadata: JSON-serialisable free-form information (texts, learning-rate schedule,
+        seed, model and config that made the runs).
+
+    Raises:
+      ValueError: naming the problem, for shapes that disagree, ids out of range, NaN or
+        infinite losses, or empty runs.
+    """
+
+    batches: np.ndarray
+    losses: np.ndarray
+    num_train: int | None = None
+    train_ids: np.ndarray | None = None
+    test_ids: np.ndarray | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        batches = np.asarray(self.batches)
+        losses = np.asarray(self.losses)
+        if batches.ndim != 3:
+            raise ValueError(f"batches must have shape [R, T, B], got shape {batches.shape}")
+        if losses.ndim != 3:
+            raise ValueError(f"losses must have shape [R, T+1, M], got shape {losses.shape}")
+        if batches.dtype.kind not in "iu":
+            raise ValueError(f"batches must hold integer ids, got dtype {batches.dtype}")
+        R, T, B = batches.shape
+        if R == 0:
+            raise ValueError("the run set is empty: batches has R = 0 runs")
+        if T == 0 or B == 0:
+            raise ValueError(f"runs are empty: batches has T = {T} steps and B = {B} slots")
+        if losses.shape[0] != R:
+            raise ValueError(f"batches has {R} runs but losses has {losses.shape[0]}")
+        if losses.shape[1] != T + 1:
+            raise ValueError(
+                f"losses must have T+1 = {T + 1} rows per run (row 0 is L_0) for T = {T} "
+                f"steps, got {losses.shape[1]}; a truncated run?"
+            )
+        if losses.shape[2] == 0:
+            raise ValueError("losses has M = 0 test examples")
+        if not np.all(np.isfinite(losses)):
+            bad = np.argwhere(~np.isfinite(losses))[0]
+            raise ValueError(
+                f"losses contain NaN or infinite values (first at run {bad[0]}, "
+                f"step {bad[1]}, test example {bad[2]})"
+            )
+        if batches.min() < -1:
+            raise ValueError(f"batches contain id {batches.min()}; only -1 may pad")
+        if np.all(batches < 0):
+            raise ValueError("every batch slot is padding (-1): the runs train on nothing")
+        empty_steps = np.argwhere(np.all(batches < 0, axis=2))
+        if len(empty_steps):
+            r, t = empty_steps[0]
+            raise ValueError(f"run {r}, step {t} is all padding; drop empty steps")
+
+        train_ids = self.train_ids
+        num_train = self.num_train
+        if num_train is None:
+            num_train = len(train_ids) if train_ids is not None else int(batches.max()) + 1
+        num_train = int(num_train)
+        train_ids = _as_id_array(train_ids, num_train, "train_ids")
+        if len(train_ids) != num_train:
+            raise ValueError(f"train_ids has {len(train_ids)} entries but num_train = {num_train}")
+        if batches.max() >= num_train:
+            raise ValueError(
+                f"batches contain id {batches.max()}, out of range for a pool of "
+                f"{num_train} training examples (ids 0..{num_train - 1})"
+            )
+        test_ids = _as_id_array(self.test_ids, losses.shape[2], "test_ids")
+        if len(test_ids) != losses.shape[2]:
+            raise ValueError(
+                f"test_ids has {len(test_ids)} entries but losses has {losses.shape[2]} "
+                "test examples"
+            )
+        try:
+            json.dumps(self.metadata)
+        except TypeError as e:
+            raise ValueError(f"metadata must be JSON-serialisable: {e}") from None
+        set_ = object.__setattr__
+        set_(self, "batches", batches.astype(np.int32))
+        set_(self, "losses", losses.astype(np.float32))
+        set_(self, "num_train", num_train)
+        set_(self, "train_ids", train_ids)
+        set_(self, "test_ids", test_ids)
+        set_(self, "metadata", dict(self.metadata))
+
+    # Sizes ---------------------------------------------------------------------------
+    @property
+    def num_runs(self) -> int:
+        return self.batches.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.batches.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return self.batches.shape[2]
+
+    @property
+    def num_test(self) -> int:
+        return self.losses.shape[2]
+
+    @property
+    def L0(self) -> np.ndarray:
+        """``float32[R, M]``: the losses before the first update."""
+        return self.losses[:, 0]
+
+    def __repr__(self) -> str:
+        return (
+            f"RunSet(R={self.num_runs}, T={self.num_steps}, B={self.batch_size}, "
+            f"N={self.num_train}, M={self.num_test})"
+        )
+
+    # Selection -----------------------------------------------------------------------
+    def select(self, runs: Sequence[int] | np.ndarray) -> RunSet:
+        """The run set restricted to the given run indices (in that order)."""
+        idx = np.asarray(runs, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < -self.num_runs or idx.max() >= self.num_runs):
+            raise ValueError(f"run index out of range for {self.num_runs} runs: {idx.tolist()}")
+        return dataclasses.replace(self, batches=self.batches[idx], losses=self.losses[idx])
+
+    def select_test(self, test: Sequence[int] | np.ndarray) -> RunSet:
+        """The run set restricted to some test examples (columns of ``losses``)."""
+        idx = np.asarray(test, dtype=np.int64).reshape(-1)
+        return dataclasses.replace(self, losses=self.losses[:, :, idx], test_ids=self.test_ids[idx])
+
+    def split(
+        self, num_fit: int, num_val: int, num_test: int | None = None, *, seed: int | None = None
+    ) -> tuple[RunSet, RunSet, RunSet]:
+        """Splits runs into (fit, validation, held-out).
+
+        Runs are taken in order unless ``seed`` is given, in which case they are permuted
+        first. ``num_test`` defaults to all remaining runs. GPTfluence uses 25 / 2 / 5.
+        """
+        if num_test is None:
+            num_test = self.num_runs - num_fit - num_val
+        if min(num_fit, num_val, num_test) < 0 or num_fit == 0:
+            raise ValueError(
+                f"invalid split sizes fit={num_fit}, val={num_val}, test={num_test}; "
+                "each must be >= 0 and fit >= 1"
+            )
+        if num_fit + num_val + num_test > self.num_runs:
+            raise ValueError(
+                f"split needs {num_fit}+{num_val}+{num_test} runs but the run set has "
+                f"{self.num_runs}"
+            )
+        order = np.arange(self.num_runs)
+        if seed is not None:
+            order = np.random.default_rng(seed).permutation(self.num_runs)
+        a, b = num_fit, num_fit + num_val
+        return (
+            self.select(order[:a]),
+            self.select(order[a:b]),
+            self.select(order[b : b + num_test]),
+        )
+
+    @staticmethod
+    def concatenate(runsets: Sequence[RunSet]) -> RunSet:
+        """Stacks run sets made over the same pool and test examples."""
+        if not runsets:
+            raise ValueError("cannot concatenate an empty list of run sets")
+        first = runsets[0]
+        for i, rs in enumerate(runsets[1:], start=1):
+            if rs.num_train != first.num_train or not np.array_equal(rs.test_ids, first.test_ids):
+                raise ValueError(f"run set {i} has a different pool or test set than run set 0")
+            if rs.batches.shape[1:] != first.batches.shape[1:]:
+                raise ValueError(
+                    f"run set {i} has steps x batch {rs.batches.shape[1:]}, run set 0 has "
+                    f"{first.batches.shape[1:]}"
+                )
+        return dataclasses.replace(
+            first,
+            batches=np.concatenate([r.batches for r in runsets]),
+            losses=np.concatenate([r.losses for r in runsets]),
+        )
+
+    def used_ids(self) -> np.ndarray:
+        """``bool[N]``: which training ids occur in at least one batch."""
+        seen = np.zeros(self.num_train, bool)
+        ids = self.batches[self.batches >= 0]
+        seen[ids] = True
+        return seen
+
+    # Persistence ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Writes the run set to directory ``path`` atomically; returns the path."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ValueError(f"{path} already exists; pass overwrite=True to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            arrays = {"batches": self.batches, "losses": self.losses}
+            for key in ("train_ids", "test_ids"):
+                arrays[key] = getattr(self, key)
+            np.savez(tmp / "arrays.npz", **arrays)
+            meta = {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "num_train": self.num_train,
+                "metadata": self.metadata,
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> RunSet:
+        """Reads a run set written by ``save``; checks the format version."""
+        path = Path(path)
+        meta_file, arrays_file = path / "meta.json", path / "arrays.npz"
+        if not path.is_dir():
+            raise ValueError(f"no run set at {path}: not a directory")
+        if not meta_file.exists() or not arrays_file.exists():
+            raise ValueError(f"{path} is not a complete run set (meta.json or arrays.npz missing)")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta_file} is not valid JSON: {e}") from None
+        if meta.get("format") != FORMAT_NAME:
+            raise ValueError(f"{path} is not a simfluence_jax run set (format {meta.get('format')!r})")
+        if meta.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} was written in run-set format version {meta.get('version')}; this "
+                f"version of simfluence_jax reads version {FORMAT_VERSION}"
+            )
+        try:
+            with np.load(arrays_file, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{arrays_file} is unreadable or truncated: {e}") from None
+        missing = {"batches", "losses", "train_ids", "test_ids"} - set(arrays)
+        if missing:
+            raise ValueError(f"{arrays_file} lacks arrays {sorted(missing)}")
+        return RunSet(
+            batches=arrays["batches"],
+            losses=arrays["losses"],
+            num_train=meta["num_train"],
+            train_ids=arrays["train_ids"],
+            test_ids=arrays["test_ids"],
+            metadata=meta.get("metadata", {}),
+        )

@@ -1,0 +1,9 @@
+"""Simulators: the interface and the index-based Simfluence-Linear family and controls.
+
+Fitting lives in ``simfluence_jax.fitting``; the registry of fitters is ``SIMULATORS``.
+"""
+
+from simfluence_jax.simulators.base import Simulator
+from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
+
+__all__ = ["LinearSimulator", "MeanSimulator", "Simulator"]

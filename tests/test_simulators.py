@@ -1,0 +1,131 @@
+"""One conformance battery for every registered simulator, plus recovery of known truth."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import simfluence_jax as sj
+from simfluence_jax import metrics
+from simfluence_jax.synthetic import make_problem
+
+
+@pytest.fixture(scope="module")
+def problem():
+    p = make_problem(num_train=24, num_test=5, num_runs=16, noise=0.01, seed=1)
+    fit, val, test = p.runs.split(10, 2, 4)
+    return p, fit, val, test
+
+
+@pytest.fixture(scope="module")
+def fitted(problem):
+    _, fit, val, _ = problem
+    return {name: sj.fit_simulator(name, fit, validation=val) for name in sj.SIMULATORS.names()}
+
+
+@pytest.mark.parametrize("name", sj.SIMULATORS.names())
+def test_conformance(name, problem, fitted):
+    _, fit, _, test = problem
+    sim = fitted[name]
+    batches, L0 = test.batches, test.L0
+
+    # Shapes, and row 0 is L_0.
+    out = np.asarray(sj.rollout(sim, batches, L0))
+    assert out.shape == (test.num_runs, test.num_steps + 1, test.num_test)
+    np.testing.assert_array_equal(out[:, 0], L0)
+    assert np.all(np.isfinite(out))
+
+    # jit-able, and no recompilation on a second call with other values of the same shapes.
+    f = jax.jit(sj.rollout)
+    a = f(sim, batches, L0)
+    compiled = f._cache_size()
+    refit = sj.fit_simulator(name, fit.select(np.arange(fit.num_runs)[::-1]), l2=0.5)
+    f(refit, batches[::-1], L0 + 0.1)
+    assert f._cache_size() == compiled, f"{name} recompiled for new values of the same shapes"
+    np.testing.assert_allclose(np.asarray(a), out, rtol=1e-6, atol=1e-6)
+
+    # vmaps over runs: one call with all curricula equals one call per curriculum.
+    single = np.stack([np.asarray(sj.rollout(sim, b, l)) for b, l in zip(batches, L0)])
+    np.testing.assert_allclose(out, single, rtol=1e-6, atol=1e-6)
+    # ... and jax.vmap of the single-curriculum rollout gives the same.
+    vm = jax.vmap(lambda b, l: sj.rollout(sim, b, l))(jnp.asarray(batches), jnp.asarray(L0))
+    np.testing.assert_allclose(np.asarray(vm), out, rtol=1e-6, atol=1e-6)
+
+    # Deterministic: fitting and simulating again gives identical numbers.
+    again = sj.fit_simulator(name, fit, validation=problem[2])
+    np.testing.assert_array_equal(np.asarray(sj.rollout(again, batches, L0)), out)
+
+    # The scan matches the closed form.
+    closed = np.asarray(sj.closed_form_final(sim, batches, L0))
+    np.testing.assert_allclose(closed, out[:, -1], rtol=1e-5, atol=1e-5)
+
+    # The simulator is a pytree that survives flatten/unflatten.
+    leaves, treedef = jax.tree_util.tree_flatten(sim)
+    back = jax.tree_util.tree_unflatten(treedef, leaves)
+    np.testing.assert_array_equal(np.asarray(sj.rollout(back, batches, L0)), out)
+
+
+def test_linear_reaches_noise_floor_and_recovers_parameters():
+    p = make_problem(num_train=40, num_test=6, num_runs=120, noise=0.01, seed=0)
+    fit, val, test = p.runs.split(100, 10, 10)
+    sim = sj.fit_simulator("linear", fit, validation=val)
+    floor = metrics.all_steps_mse(sj.predict(p.truth, test), test.losses)[0]
+    mse = metrics.all_steps_mse(sj.predict(sim, test), test.losses)[0]
+    assert mse < 2 * floor, (mse, floor)
+    # Per-step effect of each training example on each test loss at a typical loss level:
+    # d_i = A_i * L + B_i. A and B separately are weakly identified (nearly collinear
+    # columns), their combined effect is not.
+    L = test.losses.mean()
+    true_effect = np.asarray(p.truth.A) * L + np.asarray(p.truth.B)
+    fit_effect = np.asarray(sim.A) * L + np.asarray(sim.B)
+    err = np.abs(fit_effect - true_effect).max() / np.abs(true_effect).max()
+    assert err < 0.05, err
+    corr = np.corrcoef((fit_effect - fit_effect.mean(1, keepdims=True)).ravel(),
+                       (true_effect - true_effect.mean(1, keepdims=True)).ravel())[0, 1]  # fmt: skip
+    assert corr > 0.9, corr
+
+
+def test_linear_beats_additive_when_truth_is_multiplicative():
+    p = make_problem(
+        num_train=30, num_test=6, num_runs=60, noise=0.005, truth="multiplicative",
+        L0_jitter=0.5, seed=2,
+    )  # fmt: skip
+    fit, val, test = p.runs.split(48, 6, 6)
+    lin = sj.fit_simulator("linear", fit, validation=val)
+    add = sj.fit_simulator("additive", fit, validation=val)
+    mse_lin = metrics.all_steps_mse(sj.predict(lin, test), test.losses)[0]
+    mse_add = metrics.all_steps_mse(sj.predict(add, test), test.losses)[0]
+    assert mse_add > 5 * mse_lin, (mse_lin, mse_add)
+
+
+def test_one_plus_sum_form_and_l2_selection():
+    p = make_problem(num_train=24, num_test=4, num_runs=30, noise=0.01, seed=4)
+    fit, val, test = p.runs.split(20, 5, 5)
+    sim = sj.fit_simulator("linear", fit, validation=val, alpha="one_plus_sum")
+    assert sim.alpha0 == 1.0 and sim.name == "linear_one_plus_sum"
+    assert float(sim.l2) in sj.DEFAULT_L2_GRID
+    scores = {
+        l2: metrics.all_steps_mse(
+            sj.predict(sj.fit_simulator("linear", fit, l2=l2, alpha="one_plus_sum"), val),
+            val.losses,
+        )[0]
+        for l2 in sj.DEFAULT_L2_GRID
+    }
+    assert float(sim.l2) == min(scores, key=scores.get)
+    with pytest.raises(ValueError, match="unknown alpha form"):
+        sj.fit_simulator("linear", fit, alpha="exp")
+    with pytest.raises(ValueError, match="no validation runs"):
+        sj.fit_simulator("linear", fit, l2=[0.1, 1.0])
+
+
+def test_unknown_simulator_lists_known_names():
+    p = make_problem(num_train=8, num_test=2, num_runs=4)
+    with pytest.raises(ValueError, match="known: .*linear.*shuffled"):
+        sj.fit_simulator("tracin_typo", p.runs)
+
+
+def test_shuffled_control_is_a_permutation_of_linear(problem, fitted):
+    lin, shuf = fitted["linear"], fitted["shuffled"]
+    A, S = np.asarray(lin.A), np.asarray(shuf.A)
+    np.testing.assert_allclose(np.sort(A, axis=1), np.sort(S, axis=1))
+    assert not np.allclose(A, S)
