@@ -28,7 +28,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/python -m experiments.quickstart
+	$(BIN)/python -m experiments.synthetic
 
 lint: install
 	$(BIN)/ruff check simfluence_jax tests experiments benchmarks

@@ -7,6 +7,11 @@ copies of) those examples would feed the model; the last batch is ragged (``-1``
 Curricula of different lengths stack with ``stack``, which pads with all-padding steps
 (simulated as no update).
 
+Under the plain-sum form (alpha = sum A_i) a ragged batch has a smaller alpha than a full
+one, which the simulator reads as a loss drop the real model would not show; when an edit
+changes the number of examples, change it by a multiple of the batch size or use the
+``one_plus_sum`` form.
+
 Example::
 
     from simfluence_jax import counterfactuals as cf

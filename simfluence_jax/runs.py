@@ -180,11 +180,12 @@ class RunSet:
 
     def split(
         self, num_fit: int, num_val: int, num_test: int | None = None, *, seed: int | None = None
-    ) -> tuple[RunSet, RunSet, RunSet]:
+    ) -> tuple[RunSet, RunSet | None, RunSet | None]:
         """Splits runs into (fit, validation, held-out).
 
         Runs are taken in order unless ``seed`` is given, in which case they are permuted
-        first. ``num_test`` defaults to all remaining runs. GPTfluence uses 25 / 2 / 5.
+        first. ``num_test`` defaults to all remaining runs; a part of size 0 is ``None``.
+        GPTfluence uses 25 / 2 / 5.
         """
         if num_test is None:
             num_test = self.num_runs - num_fit - num_val
@@ -202,11 +203,8 @@ class RunSet:
         if seed is not None:
             order = np.random.default_rng(seed).permutation(self.num_runs)
         a, b = num_fit, num_fit + num_val
-        return (
-            self.select(order[:a]),
-            self.select(order[a:b]),
-            self.select(order[b : b + num_test]),
-        )
+        parts = (order[:a], order[a:b], order[b : b + num_test])
+        return tuple(self.select(p) if len(p) else None for p in parts)
 
     @staticmethod
     def concatenate(runsets: Sequence[RunSet]) -> RunSet:

@@ -30,17 +30,24 @@ class SyntheticProblem:
 
 
 def sample_curricula(
-    rng: np.random.Generator, num_runs: int, num_train: int, subset: int, batch_size: int
+    rng: np.random.Generator,
+    num_runs: int,
+    num_train: int,
+    subset: int,
+    batch_size: int,
+    epochs: int = 1,
 ) -> np.ndarray:
-    """``int32[R, ceil(subset / B), B]``: each run a random ``subset`` of the pool in random
-    order, the last batch padded with -1."""
+    """``int32[R, epochs * ceil(subset / B), B]``: each run a random ``subset`` of the pool,
+    seen ``epochs`` times, each epoch in a fresh random order; ragged batches padded with -1."""
     if subset > num_train:
         raise ValueError(f"subset of {subset} examples is larger than the pool of {num_train}")
     T = -(-subset // batch_size)
-    out = np.full((num_runs, T * batch_size), -1, np.int32)
+    out = np.full((num_runs, epochs, T * batch_size), -1, np.int32)
     for r in range(num_runs):
-        out[r, :subset] = rng.permutation(num_train)[:subset]
-    return out.reshape(num_runs, T, batch_size)
+        chosen = rng.permutation(num_train)[:subset]
+        for e in range(epochs):
+            out[r, e, :subset] = rng.permutation(chosen)
+    return out.reshape(num_runs, epochs * T, batch_size)
 
 
 def make_problem(
@@ -53,6 +60,7 @@ def make_problem(
     noise: float = 0.01,
     truth: str = "linear",
     L0_jitter: float = 0.0,
+    epochs: int = 1,
     seed: int = 0,
 ) -> SyntheticProblem:
     """Generates runs from random known parameters.
@@ -63,6 +71,7 @@ def make_problem(
       subset: examples per run (default: 3/4 of the pool, rounded to whole batches).
       L0_jitter: relative spread of L_0 across runs (as if runs started from different
         checkpoints); 0 gives every run the same L_0.
+      epochs: passes over each run's subset (GPTfluence: 128 examples, batch 4, 3 epochs).
 
     Returns:
       the run set and the true simulator.
@@ -82,7 +91,7 @@ def make_problem(
         B = rng.uniform(0.0, 0.04, (M, N)) / Bsz if truth == "linear" else np.zeros((M, N))
     else:
         raise ValueError(f"unknown truth {truth!r}; known: linear, multiplicative, additive")
-    batches = sample_curricula(rng, num_runs, N, subset, Bsz)
+    batches = sample_curricula(rng, num_runs, N, subset, Bsz, epochs)
     T = batches.shape[1]
     L = np.empty((num_runs, T + 1, M))
     L[:, 0] = rng.uniform(1.0, 3.0, M)[None] * (

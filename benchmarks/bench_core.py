@@ -1,0 +1,199 @@
+"""Fit and rollout speed of the core against the NumPy / scikit-learn code a researcher
+would otherwise write, side by side in one run, on synthetic problems of known truth.
+
+Problems (DESIGN.md section 10):
+* ``gptfluence``: N=200 pool, M=200 test examples, 25 fitting runs of 128 examples x 3
+  epochs, batch 4 (T=96);
+* ``large``: N=5000, M=1000, same run shape;
+* ``tiny``: a seconds-long smoke version used by the test suite.
+
+Baselines: a per-test-example loop of scikit-learn ``Ridge`` on the explicit design
+matrix; a vectorised NumPy closed form (batched normal equations + ``np.linalg.solve``)
+where it fits in memory; a Python/NumPy rollout loop over steps and test examples, and a
+NumPy rollout vectorised over test examples. Where a baseline would run for too long it is
+timed on a few test examples and scaled up linearly, and the table says so.
+
+Run: ``python -m benchmarks.bench_core [--size gptfluence|large|tiny|all]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import simfluence_jax as sj
+from benchmarks.common import table, timeit, write
+from simfluence_jax import metrics
+from simfluence_jax.solvers import RidgeProblem, solve_ridge
+from simfluence_jax.synthetic import make_problem
+
+SIZES = {
+    "tiny": dict(num_train=40, num_test=16, subset=24, epochs=2, sk_tests=16, loop_tests=16),
+    "gptfluence": dict(num_train=200, num_test=200, subset=128, epochs=3, sk_tests=200,
+                       loop_tests=200),
+    "large": dict(num_train=5000, num_test=1000, subset=128, epochs=3, sk_tests=4,
+                  loop_tests=50),
+}  # fmt: skip
+FIT_RUNS, HELD_OUT_RUNS, L2 = 25, 5, 1e-2
+
+
+def dense_design(problem: RidgeProblem, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Explicit design matrix [S, 2N] and target [S] of test example j."""
+    ids = problem.ids.reshape(-1, problem.ids.shape[-1])
+    S, N = ids.shape[0], problem.num_train
+    C = np.zeros((S, N))
+    rows = np.repeat(np.arange(S), ids.shape[1])
+    keep = ids.reshape(-1) >= 0
+    np.add.at(C, (rows[keep], ids.reshape(-1)[keep]), 1.0)
+    Lp = problem.Lp[j].reshape(-1).astype(np.float64)
+    return np.concatenate([Lp[:, None] * C, C], axis=1), problem.y[j].reshape(-1)
+
+
+def sklearn_loop(problem: RidgeProblem, tests: int) -> np.ndarray:
+    from sklearn.linear_model import Ridge
+
+    out = []
+    for j in range(tests):
+        X, y = dense_design(problem, j)
+        out.append(Ridge(alpha=L2, fit_intercept=False).fit(X, y).coef_)
+    return np.stack(out)
+
+
+def numpy_closed_form(problem: RidgeProblem) -> np.ndarray:
+    """All test examples at once: batched normal equations and one batched solve."""
+    ids = problem.ids.reshape(-1, problem.ids.shape[-1])
+    S, N = ids.shape[0], problem.num_train
+    C = np.zeros((S, N))
+    rows = np.repeat(np.arange(S), ids.shape[1])
+    keep = ids.reshape(-1) >= 0
+    np.add.at(C, (rows[keep], ids.reshape(-1)[keep]), 1.0)
+    Lp = problem.Lp.reshape(problem.num_test, -1).astype(np.float64)  # [M, S]
+    y = problem.y.reshape(problem.num_test, -1).astype(np.float64)
+    LC = Lp[:, :, None] * C[None]  # [M, S, N]
+    G_AA = np.matmul(np.swapaxes(LC, 1, 2), LC)
+    G_AB = np.matmul(np.swapaxes(LC, 1, 2), C[None])
+    G_BB = np.broadcast_to(C.T @ C, G_AA.shape)
+    G = np.concatenate(
+        [np.concatenate([G_AA, G_AB], 2), np.concatenate([np.swapaxes(G_AB, 1, 2), G_BB], 2)], 1
+    )
+    G = G + L2 * np.eye(2 * N)
+    r = np.concatenate([np.einsum("msn,ms->mn", LC, y), y @ C], axis=1)
+    return np.linalg.solve(G, r[..., None])[..., 0]
+
+
+def numpy_rollout_loop(A, B, batches, L0, tests: int) -> np.ndarray:
+    """Loops over curricula, test examples and steps."""
+    R, T, _ = batches.shape
+    out = np.zeros((R, T + 1, tests))
+    for r in range(R):
+        for j in range(tests):
+            L = out[r, 0, j] = L0[r, j]
+            for t in range(T):
+                ids = batches[r, t][batches[r, t] >= 0]
+                L = A[j, ids].sum() * L + B[j, ids].sum()
+                out[r, t + 1, j] = L
+    return out
+
+
+def numpy_rollout_vectorised(A, B, batches, L0) -> np.ndarray:
+    """Loops over steps only; vectorised over curricula and test examples."""
+    R, T, _ = batches.shape
+    out = np.zeros((R, T + 1, A.shape[0]))
+    out[:, 0] = L0
+    w = (batches >= 0).astype(np.float64)
+    safe = np.where(batches >= 0, batches, 0)
+    for t in range(T):
+        alpha = np.einsum("mrb,rb->rm", A[:, safe[:, t]], w[:, t])
+        beta = np.einsum("mrb,rb->rm", B[:, safe[:, t]], w[:, t])
+        out[:, t + 1] = alpha * out[:, t] + beta
+    return out
+
+
+def run_size(name: str) -> list[dict]:
+    cfg = dict(SIZES[name])
+    sk_tests, loop_tests = cfg.pop("sk_tests"), cfg.pop("loop_tests")
+    p = make_problem(num_runs=FIT_RUNS + HELD_OUT_RUNS, batch_size=4, noise=0.01, seed=0, **cfg)
+    fit, _, test = p.runs.split(FIT_RUNS, 0, HELD_OUT_RUNS)
+    problem = RidgeProblem.from_runs(fit)
+    M, N = problem.num_test, problem.num_train
+    print(f"\n## {name}: N={N} M={M} fit runs={fit.num_runs} T={fit.num_steps} B=4")
+    rows = []
+
+    # --- fit -------------------------------------------------------------------------
+    solver = sj.choose_solver(problem)
+    t0 = time.perf_counter()
+    solve_ridge(problem, L2)  # compile
+    compile_s = time.perf_counter() - t0
+    ours_s, (A, B, info) = timeit(lambda: solve_ridge(problem, L2), repeat=3)
+    A, B = np.asarray(A[0]), np.asarray(B[0])
+    sim = sj.LinearSimulator(A=A, B=B, seen=fit.used_ids())
+    ours_mse = metrics.all_steps_mse(sj.predict(sim, test), test.losses)[0]
+    rows.append(dict(problem=name, task="fit", method=f"simfluence_jax ({solver})",
+                     seconds=ours_s, compile_s=compile_s, heldout_mse=ours_mse))  # fmt: skip
+
+    t0 = time.perf_counter()
+    theta_sk = sklearn_loop(problem, sk_tests)
+    sk_s = (time.perf_counter() - t0) * M / sk_tests
+    ref = np.concatenate([A, B], axis=1)[:sk_tests]
+    rel = float(np.abs(theta_sk - ref).max() / np.abs(theta_sk).max())
+    note = "" if sk_tests == M else f"timed on {sk_tests} test examples, scaled x{M / sk_tests:g}"
+    sk_mse = float("nan")
+    if sk_tests == M:
+        sk_sim = sj.LinearSimulator(A=theta_sk[:, :N], B=theta_sk[:, N:], seen=fit.used_ids())
+        sk_mse = metrics.all_steps_mse(sj.predict(sk_sim, test), test.losses)[0]
+    rows.append(dict(problem=name, task="fit", method="sklearn Ridge loop", seconds=sk_s,
+                     speedup=sk_s / ours_s, max_rel_param_diff=rel, heldout_mse=sk_mse,
+                     note=note))  # fmt: skip
+
+    dense_bytes = M * (2 * N) ** 2 * 8 * 3
+    if dense_bytes < 8 * 1024**3:
+        np_s, theta_np = timeit(lambda: numpy_closed_form(problem), repeat=1)
+        rel = float(np.abs(theta_np - np.concatenate([A, B], 1)).max() / np.abs(theta_np).max())
+        rows.append(dict(problem=name, task="fit", method="NumPy vectorised closed form",
+                         seconds=np_s, speedup=np_s / ours_s, max_rel_param_diff=rel))  # fmt: skip
+    else:
+        rows.append(dict(problem=name, task="fit", method="NumPy vectorised closed form",
+                         note=f"infeasible: needs {dense_bytes / 1024**3:.0f} GiB"))  # fmt: skip
+
+    # --- rollout ---------------------------------------------------------------------
+    batches, L0 = test.batches, test.L0
+    sj.rollout(sim, batches, L0)  # compile
+    roll_s, ours = timeit(lambda: sj.rollout(sim, batches, L0), repeat=5)
+    ours = np.asarray(ours)
+    rows.append(dict(problem=name, task="rollout", method="simfluence_jax (scan+vmap)",
+                     seconds=roll_s))  # fmt: skip
+    t0 = time.perf_counter()
+    loop = numpy_rollout_loop(A.astype(np.float64), B.astype(np.float64), batches, L0, loop_tests)
+    loop_s = (time.perf_counter() - t0) * M / loop_tests
+    diff = float(np.abs(loop - ours[..., :loop_tests]).max())
+    note = "" if loop_tests == M else f"timed on {loop_tests} test examples, scaled"
+    rows.append(dict(problem=name, task="rollout", method="Python loop (steps x tests)",
+                     seconds=loop_s, speedup=loop_s / roll_s, max_abs_diff=diff,
+                     note=note))  # fmt: skip
+    vec_s, vec = timeit(lambda: numpy_rollout_vectorised(A, B, batches, L0), repeat=3)
+    rows.append(dict(problem=name, task="rollout", method="NumPy loop over steps",
+                     seconds=vec_s, speedup=vec_s / roll_s,
+                     max_abs_diff=float(np.abs(vec - ours).max())))  # fmt: skip
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="all", choices=[*SIZES, "all"])
+    args = parser.parse_args(argv)
+    names = ["gptfluence", "large"] if args.size == "all" else [args.size]
+    rows = []
+    for n in names:
+        rows += run_size(n)
+    cols = ["problem", "task", "method", "seconds", "speedup", "max_rel_param_diff",
+            "max_abs_diff", "heldout_mse", "compile_s", "note"]  # fmt: skip
+    print(table(rows, cols))
+    path = write(f"bench_core_{args.size}", {"l2": L2, "rows": rows})
+    print(f"\nwrote {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
