@@ -1,0 +1,36 @@
+"""The run factory: instrumented fine-tuning that records every test loss after every step.
+
+See ``train_step`` (the compiled step), ``methods`` (full, prompt, LoRA, cached top layers),
+``optim`` (optimizers and schedules by name), ``loop`` (many runs, written to a run store)
+and ``distributed`` (several processes sharing one store).
+"""
+
+from simfluence_jax.training.loop import ProduceReport, RunFactory, plan_groups, produce_runs
+from simfluence_jax.training.methods import METHODS, MethodData, make_method
+from simfluence_jax.training.optim import OPTIMIZERS, SCHEDULES, Optimizer, make_optimizer
+from simfluence_jax.training.train_step import (
+    TrainState,
+    init_state,
+    make_eval_losses,
+    make_train_step,
+    make_update,
+)
+
+__all__ = [
+    "METHODS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "MethodData",
+    "Optimizer",
+    "ProduceReport",
+    "RunFactory",
+    "TrainState",
+    "init_state",
+    "make_eval_losses",
+    "make_method",
+    "make_optimizer",
+    "make_train_step",
+    "make_update",
+    "plan_groups",
+    "produce_runs",
+]
