@@ -104,7 +104,9 @@ def make_problem(
         alpha = alpha0 + np.sum(A[:, safe].transpose(1, 0, 2) * w, axis=-1)  # [R, M]
         beta = np.sum(B[:, safe].transpose(1, 0, 2) * w, axis=-1)
         L[:, t + 1] = alpha * L[:, t] + beta + noise * rng.standard_normal((num_runs, M))
-    runs = RunSet(batches=batches, losses=L, metadata={"synthetic": truth, "noise": noise})
+    runs = RunSet(
+        batches=batches, losses=L, num_train=N, metadata={"synthetic": truth, "noise": noise}
+    )
     sim = LinearSimulator(
         A=A.astype(np.float32), B=B.astype(np.float32), seen=np.ones(N, bool),
         alpha0=alpha0, name=f"truth_{truth}",
