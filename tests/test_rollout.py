@@ -60,7 +60,7 @@ def test_curricula_broadcast_over_leading_axes(truth):
 
 
 def test_unseen_ids_warn_and_out_of_range_raises():
-    p = make_problem(num_train=20, num_test=3, num_runs=4, subset=8, seed=0)
+    p = make_problem(num_train=20, num_test=3, num_runs=3, subset=4, seed=0)
     sim = sj.fit_simulator("linear", p.runs, l2=0.1)
     unseen = np.flatnonzero(~p.runs.used_ids())
     assert len(unseen) > 0

@@ -77,7 +77,7 @@ def rollout_one(sim: Simulator, p: PyTree, batches: jax.Array, L0: jax.Array) ->
     def step(L, xs):
         batch, t = xs
         alpha, beta = step_coefficients(sim, p, batch, t)
-        L_next = alpha * L + beta
+        L_next = (alpha * L + beta).astype(L.dtype)
         return L_next, L_next
 
     L0 = jnp.asarray(L0, jnp.float32)
