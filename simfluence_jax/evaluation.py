@@ -23,7 +23,7 @@ def evaluate(sim, runs: RunSet, *, mesh=None) -> dict[str, float]:
     pred = predict(sim, runs, mesh=mesh)
     bad = diverged(pred, runs.L0)
     with np.errstate(over="ignore", invalid="ignore"):
-        row = metrics.summary(np.nan_to_num(pred, nan=np.inf), runs.losses)
+        row = metrics.summary(np.where(np.isfinite(pred), pred, np.inf), runs.losses)
     row["diverged_fraction"] = float(bad.mean())
     return row
 
