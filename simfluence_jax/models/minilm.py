@@ -250,6 +250,15 @@ class MiniLMClassifier:
         self.module = bert.BertClassifier(self.config, self.num_labels, prompt_position)
         self.tokenizer = MiniLMTokenizer(max_length=max_length, directory=directory)
         self.prompt_dim = self.config.hidden_size
+        self.prompt_position = prompt_position
+        self.max_length = max_length
+
+    def __repr__(self) -> str:
+        # Deterministic: run stores fingerprint their settings with it.
+        return (
+            f"MiniLMClassifier(label_names={self.label_names}, max_length={self.max_length}, "
+            f"dropout_rate={self.config.dropout_rate}, prompt_position={self.prompt_position!r})"
+        )
 
     def init(self, rng: jax.Array) -> dict[str, Any]:
         """``{"encoder": pretrained, "head": {"kernel": [384, C], "bias": [C]}}``."""

@@ -143,6 +143,14 @@ class T5Model:
             check_params(params, config)
         self._pretrained = params
 
+    def __repr__(self) -> str:
+        # Deterministic: run stores fingerprint their settings with it (parameters are
+        # fingerprinted separately).
+        return (
+            f"T5Model(config={self.config!r}, vocab_path={str(self.vocab_path)!r}, "
+            f"input_length={self.input_length}, target_length={self.target_length})"
+        )
+
     # ------------------------------------------------------------------ parameters
 
     def init(self, rng: jax.Array) -> Any:

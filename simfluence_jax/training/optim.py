@@ -52,7 +52,9 @@ class Optimizer:
     def learning_rates(self, num_steps: int) -> np.ndarray:
         """``float32[T]``: the rate used at steps ``1..T`` (entry ``t-1`` is step ``t``)."""
         steps = jnp.arange(num_steps)
-        return np.asarray(jnp.asarray(self.schedule(steps), jnp.float32))
+        rates = jnp.asarray(self.schedule(steps), jnp.float32)
+        # A constant schedule returns a scalar whatever the input shape.
+        return np.asarray(jnp.broadcast_to(rates, steps.shape))
 
 
 @SCHEDULES.register("constant")
