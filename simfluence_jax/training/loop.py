@@ -10,10 +10,11 @@ test arrays, and compiles exactly two functions, once:
   every chunk, including a short last one, reuses the same program.
 
 Runs are processed in groups of ``group_size`` (``vmap`` over runs). ``group_size=1`` is
-the plain loop over runs reusing one compiled step; which is faster depends on the model
-and the machine (``benchmarks/bench_run_factory.py`` measures both). With a
-``jax.sharding.Mesh`` the group axis is sharded across the mesh's devices (axis
-``"runs"``), each device computing its runs; ``group_size`` must then be a multiple of the
+the plain loop over runs reusing one compiled (unbatched) step; which is faster depends on
+the model and the machine (``benchmarks/bench_run_factory.py`` measures both; on the 2-core
+CPU machines the loop won). With a ``jax.sharding.Mesh`` the group axis is split across the
+mesh's devices (axis ``"runs"``) with ``shard_map``, each device running its own runs (the
+unbatched program when it holds one run); ``group_size`` must then be a multiple of the
 mesh size. Across processes, :mod:`simfluence_jax.training.distributed` gives each process
 its share of groups.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from functools import partial
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -140,20 +142,38 @@ class RunFactory:
         eval_losses = make_eval_losses(model, method=method, eval_batch_size=eval_batch_size)
         self.train_step = step
 
+        def one_run(state, run_ids, active, data):
+            def body(state, x):
+                ids_t, act = x
+                return jax.lax.cond(
+                    act,
+                    lambda s: step(s, ids_t, data),
+                    lambda s: (s, jnp.zeros((self.num_test,), jnp.float32)),
+                    state,
+                )
+
+            return jax.lax.scan(body, state, (run_ids, active))
+
+        def local_advance(states, ids, active, data):
+            # A group of one runs the unbatched program: XLA's CPU kernels for batched
+            # matmuls with a batch of 1 were measured several times slower.
+            if ids.shape[0] == 1:
+                squeeze = partial(jax.tree_util.tree_map, lambda x: x[0])
+                state, losses = one_run(squeeze(states), ids[0], active, data)
+                return jax.tree_util.tree_map(lambda x: x[None], state), losses[None]
+            return jax.vmap(one_run, in_axes=(0, 0, None, None))(states, ids, active, data)
+
         def advance(states, ids, active, data):
-            def one_run(state, run_ids):
-                def body(state, x):
-                    ids_t, act = x
-                    return jax.lax.cond(
-                        act,
-                        lambda s: step(s, ids_t, data),
-                        lambda s: (s, jnp.zeros((self.num_test,), jnp.float32)),
-                        state,
-                    )
-
-                return jax.lax.scan(body, state, (run_ids, active))
-
-            return jax.vmap(one_run)(states, ids)
+            if mesh is None:
+                return local_advance(states, ids, active, data)
+            runs, rest = PartitionSpec(RUNS_AXIS), PartitionSpec()
+            return jax.shard_map(
+                local_advance,
+                mesh=mesh,
+                in_specs=(runs, runs, rest, rest),
+                out_specs=(runs, runs),
+                check_vma=False,
+            )(states, ids, active, data)
 
         def initial(states, data):
             return jax.vmap(lambda s: eval_losses(s.trainable, data))(states)
@@ -213,7 +233,8 @@ class RunFactory:
         Args:
           batches: ``int32[R, T, B]`` curricula (-1 padding).
           seeds: ``int[R]`` run seeds.
-          group_size: runs vmapped together (default: all R).
+          group_size: runs vmapped together (default 1: a loop over runs, the faster choice
+            measured on CPU for MiniLM, see benchmarks/bench_run_factory.py).
           progress: show a tqdm bar.
         """
         batches = validate_curricula(batches, pool_size=self.num_train)
@@ -221,7 +242,7 @@ class RunFactory:
         if seeds.shape[0] != batches.shape[0]:
             raise ValueError(f"need one seed per run: {batches.shape[0]} runs, {seeds.size} seeds")
         r, t, _ = batches.shape
-        group_size = group_size or r
+        group_size = group_size or 1
         self._check_group(group_size)
         out = np.empty((r, t + 1, self.num_test), np.float32)
         bar = _progress_bar(r * t, progress)
