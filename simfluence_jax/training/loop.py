@@ -29,8 +29,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from functools import partial
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -58,6 +58,15 @@ def _digest(tree) -> str:
         h.update(str((arr.dtype, arr.shape)).encode())
         h.update(arr.tobytes())
     return h.hexdigest()[:16]
+
+
+def _describe(obj) -> str:
+    """A repr that is the same in every process (object addresses are dropped)."""
+    text = repr(obj)
+    if " at 0x" in text:
+        config = getattr(obj, "config", None)
+        text = type(obj).__qualname__ + ("" if config is None else f"({config!r})")
+    return text
 
 
 def plan_groups(num_runs: int, group_size: int) -> list[list[int]]:
@@ -113,8 +122,8 @@ class RunFactory:
         self.trainable0 = method.init(model, params)
         self.settings = {
             "model": getattr(model, "name", type(model).__name__),
-            "model_config": repr(model),
-            "method": repr(method),
+            "model_config": _describe(model),
+            "method": _describe(method),
             "optimizer": optimizer.config,
             "train_rng": train_rng,
             "eval_batch_size": eval_batch_size,
