@@ -28,6 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 
 FORMAT_NAME = "simfluence_jax.RunSet"
+#: Metadata keys holding one entry per run; ``select`` and ``concatenate`` keep them aligned.
+PER_RUN_KEYS = ("runs", "seeds")
 FORMAT_VERSION = 1
 
 
@@ -171,7 +173,13 @@ class RunSet:
         idx = np.asarray(runs, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -self.num_runs or idx.max() >= self.num_runs):
             raise ValueError(f"run index out of range for {self.num_runs} runs: {idx.tolist()}")
-        return dataclasses.replace(self, batches=self.batches[idx], losses=self.losses[idx])
+        meta = dict(self.metadata)
+        for key in PER_RUN_KEYS:
+            if isinstance(meta.get(key), list) and len(meta[key]) == self.num_runs:
+                meta[key] = [meta[key][i] for i in idx]
+        return dataclasses.replace(
+            self, batches=self.batches[idx], losses=self.losses[idx], metadata=meta
+        )
 
     def select_test(self, test: Sequence[int] | np.ndarray) -> RunSet:
         """The run set restricted to some test examples (columns of ``losses``)."""
@@ -220,10 +228,18 @@ class RunSet:
                     f"run set {i} has steps x batch {rs.batches.shape[1:]}, run set 0 has "
                     f"{first.batches.shape[1:]}"
                 )
+        meta = dict(first.metadata)
+        for key in PER_RUN_KEYS:
+            parts = [r.metadata.get(key) for r in runsets]
+            if all(isinstance(p, list) and len(p) == r.num_runs for p, r in zip(parts, runsets)):
+                meta[key] = [x for p in parts for x in p]
+            else:
+                meta.pop(key, None)
         return dataclasses.replace(
             first,
             batches=np.concatenate([r.batches for r in runsets]),
             losses=np.concatenate([r.losses for r in runsets]),
+            metadata=meta,
         )
 
     def used_ids(self) -> np.ndarray:

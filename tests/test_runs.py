@@ -78,6 +78,15 @@ def test_split_and_select():
     np.testing.assert_array_equal(both.losses, losses[:8])
 
 
+def test_per_run_metadata_follows_selection():
+    batches, losses = _arrays(R=4)
+    rs = RunSet(batches=batches, losses=losses, metadata={"seeds": [10, 11, 12, 13], "x": [1]})
+    fit, val, test = rs.split(2, 1, 1)
+    assert fit.metadata["seeds"] == [10, 11] and test.metadata["seeds"] == [13]
+    assert fit.metadata["x"] == [1]
+    assert RunSet.concatenate([val, test]).metadata["seeds"] == [12, 13]
+
+
 def test_save_load_roundtrip(tmp_path):
     batches, losses = _arrays()
     batches[0, -1, 1] = -1

@@ -1,0 +1,95 @@
+"""Plain configuration records for the pipeline (gin binds them at the entry points).
+
+The defaults are the quickstart: the pretrained MiniLM fine-tuned on the bundled
+``polarity`` task, top layer trained on cached lower-layer outputs, 12 runs of 48 steps at
+batch 4, each run a random 96 of the 150 pool examples (a scaled-down GPTfluence protocol).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+#: Every simulator the pipeline knows how to fit, in table order.
+FITTED = ("linear", "linear_one_plus_sum", "additive", "multiplicative")
+CONTROLS = ("constant", "mean", "shuffled")
+GRADIENT = ("tracin_cp", "grad_dot", "influence")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunsConfig:
+    """What runs to make: task, model, training method, optimizer and curricula.
+
+    Attributes:
+      task, task_kwargs: a name in ``simfluence_jax.data.tasks.TASKS`` and its options.
+      model, model_kwargs: a name in ``simfluence_jax.models.MODELS`` and its options.
+      pretrain: for T5, start from the cached span-corruption pretraining stage.
+      method, method_kwargs: a training method (``full``, ``prompt``, ``lora``,
+        ``top_layers``) and its options.
+      optimizer, learning_rate, optimizer_kwargs: see ``training.optim.make_optimizer``.
+      num_runs, subset_size, batch_size, num_steps, epochs: the curriculum sampler
+        (GPTfluence: 32 runs, 128 of a 200 pool, batch 4, 96 steps).
+      seed: base seed of curricula and step randomness.
+      group_size: runs vmapped together.
+      checkpoint_steps: steps after which parameters are kept (TracIn-CP); empty: none.
+      chunk_steps: steps per compiled call.
+    """
+
+    task: str = "polarity"
+    task_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    model: str = "minilm"
+    model_kwargs: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {"max_length": 48}
+    )
+    pretrain: bool = False
+    method: str = "top_layers"
+    method_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"n_top": 1})
+    optimizer: str = "adam"
+    learning_rate: float = 1e-4
+    optimizer_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    num_runs: int = 12
+    subset_size: int | None = 96
+    batch_size: int = 4
+    num_steps: int | None = 48
+    epochs: int = 1
+    seed: int = 0
+    group_size: int = 4
+    checkpoint_steps: tuple[int, ...] = (0, 16, 32)
+    chunk_steps: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """How runs are split and which simulators are fitted.
+
+    Attributes:
+      num_fit, num_val, num_heldout: run split (the rest of the runs is unused).
+      simulators: names from ``FITTED + CONTROLS + GRADIENT``.
+      l2: ridge strength(s); ``None`` searches ``DEFAULT_L2_GRID`` on validation runs.
+      solver: ridge solver (``auto``, ``direct``, ``cg``, ``dual``).
+      gradient_kwargs: options of the gradient baselines (projection, damping, ...).
+    """
+
+    num_fit: int = 8
+    num_val: int = 1
+    num_heldout: int = 3
+    simulators: tuple[str, ...] = FITTED + CONTROLS + GRADIENT
+    l2: Any = None
+    solver: str = "auto"
+    gradient_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class CounterfactualConfig:
+    """The counterfactual shown against reality in the report.
+
+    Remove the ``num_remove`` training examples of one held-out run that the simulator says
+    lower ``test_index``'s loss most, simulate, then retrain for real and compare.
+    ``test_index=None`` picks the test example whose loss falls most in that run.
+    """
+
+    enabled: bool = True
+    simulator: str = "linear"
+    num_remove: int = 8
+    test_index: int | None = None
+    heldout_run: int = 0

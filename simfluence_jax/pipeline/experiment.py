@@ -1,0 +1,261 @@
+"""The whole pipeline: runs -> simulators -> held-out evaluation -> counterfactual -> report.
+
+``run_experiment`` is what ``make demo``, the ``simfluence`` CLI and the experiments call:
+
+1. make (or resume) the runs of a ``RunsConfig`` in a run store;
+2. split them into fitting / validation / held-out runs;
+3. fit every simulator named in the ``FitConfig``: the Simfluence-Linear family, the
+   controls, and the gradient baselines (TracIn-CP, Grad-Dot, influence functions) from the
+   runs' saved checkpoints, each raw and calibrated;
+4. roll every simulator out on the held-out curricula and score it with the paper's metrics;
+5. pick a test example, remove the training examples the simulator says help it most from a
+   held-out curriculum, simulate, retrain for real, and compare;
+6. write the report (Markdown, PNG, JSON, CSV) with the operative config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simfluence_jax import counterfactuals as cf
+from simfluence_jax.evaluation import evaluate, predict
+from simfluence_jax.fitting import fit_simulator
+from simfluence_jax.pipeline.config import (
+    CONTROLS,
+    FITTED,
+    GRADIENT,
+    CounterfactualConfig,
+    FitConfig,
+    RunsConfig,
+)
+from simfluence_jax.runs import RunSet
+
+
+@dataclasses.dataclass
+class ExperimentResult:
+    """What ``run_experiment`` produced (the report folder holds the same, on disk)."""
+
+    out_dir: Path
+    runs: RunSet
+    fit: RunSet
+    validation: RunSet | None
+    heldout: RunSet
+    simulators: dict[str, Any]
+    table: dict[str, dict[str, float]]
+    predictions: dict[str, np.ndarray]
+    groups: dict[str, str]
+    counterfactual: Any
+    timings: dict[str, float]
+
+
+def _log(msg: str) -> None:
+    print(f"[simfluence] {msg}", flush=True)
+
+
+def group_of(name: str) -> str:
+    """The report group of a simulator name."""
+    if name in CONTROLS:
+        return "control"
+    if name.endswith("_calibrated"):
+        return "gradient baseline (calibrated)"
+    if name.split("_calibrated")[0] in GRADIENT:
+        return "gradient baseline (raw)"
+    return "fitted"
+
+
+def gradient_context(setup, runs: RunSet, store_dir: Path, **kwargs):
+    """Gradient scores from the fitting runs' saved checkpoints (TracIn-CP, Grad-Dot, IF)."""
+    from simfluence_jax.gradients.context import GradientContext
+    from simfluence_jax.store import open_store
+
+    store = open_store(store_dir)
+    return GradientContext.from_store(
+        store, setup.model, setup.params, setup.method, pool=setup.pool, test=setup.test,
+        runs=list(runs.metadata.get("runs", range(runs.num_runs))), **kwargs,
+    )  # fmt: skip
+
+
+def fit_simulators(
+    fit_cfg: FitConfig,
+    fit: RunSet,
+    validation: RunSet | None,
+    *,
+    gradients=None,
+    mesh=None,
+) -> dict[str, Any]:
+    """Fits every simulator of ``fit_cfg`` (gradient ones raw and calibrated)."""
+    sims: dict[str, Any] = {}
+    common = dict(validation=validation, mesh=mesh)
+    ridge = dict(l2=fit_cfg.l2, solver=fit_cfg.solver)
+    for name in fit_cfg.simulators:
+        if name == "linear_one_plus_sum":
+            sims[name] = fit_simulator("linear", fit, alpha="one_plus_sum", **ridge, **common)
+        elif name in FITTED or name == "shuffled":
+            sims[name] = fit_simulator(name, fit, **ridge, **common)
+        elif name in CONTROLS:
+            sims[name] = fit_simulator(name, fit, **common)
+        elif name in GRADIENT:
+            if gradients is None:
+                raise ValueError(f"simulator {name!r} needs gradient scores (gradients=...)")
+            import simfluence_jax.gradients.baselines  # noqa: F401  (registers them)
+
+            sims[name] = fit_simulator(name, fit, gradients=gradients, **common)
+            sims[f"{name}_calibrated"] = fit_simulator(
+                f"{name}_calibrated", fit, gradients=gradients, **common
+            )
+        else:
+            known = ", ".join(FITTED + CONTROLS + GRADIENT)
+            raise ValueError(f"unknown simulator {name!r}; known: {known}")
+    return sims
+
+
+def helpful_examples(sim, curriculum: np.ndarray, test_index: int, L_ref: float, k: int):
+    """The ``k`` training ids of ``curriculum`` whose per-step effect on test example
+    ``test_index`` at loss ``L_ref`` is most negative: ``A_i * L_ref + B_i`` for the
+    Simfluence-Linear family (ids the simulator never saw are never picked)."""
+    ids = np.unique(cf.flatten(curriculum))
+    A = np.asarray(sim.A)[test_index]
+    B = np.asarray(sim.B)[test_index]
+    effect = A[ids] * L_ref + B[ids]
+    seen = sim.seen_ids()
+    if seen is not None:
+        effect = np.where(np.asarray(seen)[ids], effect, np.inf)
+    return ids[np.argsort(effect, kind="stable")[:k]]
+
+
+def counterfactual_vs_reality(setup, cf_cfg: CounterfactualConfig, sims, heldout, store_dir):
+    """Removes the examples ``cf_cfg.simulator`` says help one test example most from a
+    held-out curriculum, simulates it, and retrains it for real."""
+    from simfluence_jax.pipeline.generate import retrain
+    from simfluence_jax.reports import Counterfactual
+    from simfluence_jax.rollout import simulate
+
+    sim = sims[cf_cfg.simulator]
+    r = cf_cfg.heldout_run
+    curriculum, observed = heldout.batches[r], heldout.losses[r]
+    j = cf_cfg.test_index
+    if j is None:
+        j = int(np.argmin(observed[-1] - observed[0]))  # the test loss that fell most
+    B = heldout.batch_size
+    k = max(B, cf_cfg.num_remove // B * B)  # whole batches keep every batch full
+    L_ref = float(np.median(observed[:, j]))
+    removed = helpful_examples(sim, curriculum, j, L_ref, k)
+    edited = cf.remove(curriculum, removed)
+    sim_orig = simulate(sim, curriculum, observed[0])
+    sim_edit = simulate(sim, edited, observed[0])
+    seed = int(heldout.metadata.get("seeds", [0] * heldout.num_runs)[r])
+    real = retrain(setup, store_dir, edited[None], [seed]).losses[0]
+    texts = heldout.metadata.get("train_texts") or []
+    return Counterfactual(
+        test_index=j,
+        removed_ids=[int(i) for i in removed],
+        observed=observed[:, j],
+        simulated_original=np.asarray(sim_orig)[:, j],
+        simulated_edited=np.asarray(sim_edit)[:, j],
+        retrained=real[:, j],
+        test_text=(heldout.metadata.get("test_texts") or [""] * heldout.num_test)[j],
+        removed_texts=[texts[i] for i in removed] if texts else (),
+        simulator=cf_cfg.simulator,
+        run_index=r,
+        description=(
+            f"Removed the {k} training examples of held-out run {r} with the most negative "
+            f"per-step effect A_i*L + B_i (L = {L_ref:.3f}) on test example {j} under "
+            f"{cf_cfg.simulator}, re-packed the rest into full batches, and retrained."
+        ),
+    )
+
+
+def run_experiment(
+    runs_cfg: RunsConfig = RunsConfig(),
+    fit_cfg: FitConfig = FitConfig(),
+    cf_cfg: CounterfactualConfig = CounterfactualConfig(),
+    *,
+    out_dir: str | Path = "outputs/quickstart",
+    config_text: str = "",
+    title: str = "simfluence_jax quickstart",
+    progress: bool = True,
+    mesh=None,
+) -> ExperimentResult:
+    """Runs the whole pipeline and writes the report into ``out_dir``.
+
+    Runs are kept in ``out_dir/<runs-hash>`` keyed by ``runs_cfg``: a re-run with the same
+    settings reuses them (and resumes an interrupted store).
+    """
+    from simfluence_jax.pipeline.generate import generate_runs, prepare, store_name
+    from simfluence_jax.reports import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    need = fit_cfg.num_fit + fit_cfg.num_val + fit_cfg.num_heldout
+    if need > runs_cfg.num_runs:
+        raise ValueError(
+            f"the split needs {fit_cfg.num_fit}+{fit_cfg.num_val}+{fit_cfg.num_heldout} runs "
+            f"but the runs config makes {runs_cfg.num_runs}"
+        )
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    _log("building the task, model and training method")
+    setup = prepare(runs_cfg, mesh=None)
+    timings["prepare_s"] = time.perf_counter() - t0
+
+    store_dir = out / store_name(runs_cfg)
+    t0 = time.perf_counter()
+    _log(f"making {runs_cfg.num_runs} runs into {store_dir} (resumes if interrupted)")
+    runs = generate_runs(runs_cfg, store_dir, setup=setup, config_text=config_text,
+                         progress=progress)  # fmt: skip
+    timings["runs_s"] = time.perf_counter() - t0
+    fit, val, heldout = runs.split(fit_cfg.num_fit, fit_cfg.num_val, fit_cfg.num_heldout)
+    _log(f"{runs}: {fit.num_runs} fitting / {fit_cfg.num_val} validation / "
+         f"{heldout.num_runs} held-out runs")  # fmt: skip
+
+    t0 = time.perf_counter()
+    gradients = None
+    if any(n in GRADIENT for n in fit_cfg.simulators):
+        _log("computing gradient scores (TracIn-CP, Grad-Dot, influence functions)")
+        gradients = gradient_context(setup, fit, store_dir, **dict(fit_cfg.gradient_kwargs))
+    sims = fit_simulators(fit_cfg, fit, val, gradients=gradients, mesh=mesh)
+    timings["fit_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    predictions = {name: predict(sim, heldout, mesh=mesh) for name, sim in sims.items()}
+    table = {name: evaluate(sim, heldout, mesh=mesh) for name, sim in sims.items()}
+    timings["evaluate_s"] = time.perf_counter() - t0
+
+    counterfactual = None
+    if cf_cfg.enabled:
+        t0 = time.perf_counter()
+        _log("counterfactual: simulate, then retrain for real")
+        counterfactual = counterfactual_vs_reality(
+            setup, cf_cfg, sims, heldout, out / f"{store_name(runs_cfg)}-counterfactual"
+        )
+        timings["counterfactual_s"] = time.perf_counter() - t0
+
+    groups = {name: group_of(name) for name in sims}
+    setup_lines = {
+        "task": f"{runs_cfg.task} ({len(setup.task.train_texts)} pool / "
+        f"{len(setup.task.test_texts)} test examples)",
+        "model": runs_cfg.model,
+        "training method": f"{runs_cfg.method} {dict(runs_cfg.method_kwargs)}",
+        "optimizer": f"{runs_cfg.optimizer}, learning rate {runs_cfg.learning_rate}",
+        "runs": f"{runs.num_runs} ({fit.num_runs} fit / {fit_cfg.num_val} validation / "
+        f"{heldout.num_runs} held-out)",
+        "chosen l2": ", ".join(
+            f"{n}={float(s.l2):g}" for n, s in sims.items() if np.isfinite(float(getattr(s, "l2", np.nan)))
+        ),
+        "timings (s)": json.dumps({k: round(v, 1) for k, v in timings.items()}),
+    }
+    write_report(
+        out, heldout=heldout, predictions=predictions, table=table, groups=groups,
+        counterfactual=counterfactual, config_text=config_text, title=title,
+        setup=setup_lines,
+    )  # fmt: skip
+    runs.save(out / "runs", overwrite=True)
+    _log(f"report written to {out}/report.md")
+    return ExperimentResult(out, runs, fit, val, heldout, sims, table, predictions, groups,
+                            counterfactual, timings)  # fmt: skip
