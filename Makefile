@@ -28,7 +28,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/python -m experiments.synthetic
+	$(BIN)/python -m experiments.quickstart
 
 lint: install
 	$(BIN)/ruff check simfluence_jax tests experiments benchmarks

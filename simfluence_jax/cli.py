@@ -1,0 +1,368 @@
+"""The ``simfluence`` command line: gin-configured entry points to the pipeline.
+
+Every subcommand takes ``--gin_file FILE`` (repeatable) and ``--gin.NAME=VALUE`` bindings,
+e.g. ``--gin.RunsConfig.num_runs=24``. The configurable names are ``RunsConfig``,
+``FitConfig``, ``CounterfactualConfig`` and ``Experiment`` (output folder and title). The
+resolved (operative) config is written next to every output.
+
+Examples::
+
+    simfluence run --gin_file gin_configs/experiments/quickstart.gin
+    simfluence generate --gin_file gin_configs/experiments/quickstart.gin --out runs/
+    simfluence fit --runs runs/runset --out sims/
+    simfluence evaluate --runs runs/runset --simulators sims/
+    simfluence simulate --simulators sims/ --name linear --runs runs/runset --run 0 \\
+        --remove 3,17 --out cf.csv
+    simfluence report --runs runs/runset --out report/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from simfluence_jax.pipeline import config as cfgs
+
+
+def _gin():
+    import gin
+
+    return gin
+
+
+_CONFIGURED = False
+#: The bundled gin files; ``include 'models/minilm.gin'`` resolves against this folder.
+GIN_CONFIGS = Path(__file__).resolve().parents[1] / "gin_configs"
+
+
+def _register_configurables():
+    """Makes the pipeline's config records gin-configurable (once, at the entry point)."""
+    global _CONFIGURED
+    if _CONFIGURED:
+        return
+    gin = _gin()
+    for cls in (cfgs.RunsConfig, cfgs.FitConfig, cfgs.CounterfactualConfig):
+        gin.external_configurable(cls, cls.__name__)
+    gin.external_configurable(Experiment, "Experiment")
+    _CONFIGURED = True
+
+
+class Experiment:
+    """Where the experiment writes and what it calls itself (gin: ``Experiment.output_dir``)."""
+
+    def __init__(self, output_dir: str = "outputs/experiment", title: str = "simfluence_jax"):
+        self.output_dir = output_dir
+        self.title = title
+
+
+def parse_gin(gin_files, bindings) -> None:
+    """Parses gin files and ``NAME=VALUE`` bindings; errors name the file or binding."""
+    _register_configurables()
+    gin = _gin()
+    gin.clear_config()
+    for f in gin_files:
+        if not Path(f).exists():
+            raise ValueError(f"gin file {f} does not exist")
+        gin.add_config_file_search_path(str(Path(f).resolve().parent.parent))
+    gin.add_config_file_search_path(str(GIN_CONFIGS))
+    # gin logs an error for every search path an include is not found in before the one it
+    # is found in; a missing include still raises below, naming the file.
+    quiet = logging.Filter()
+    quiet.filter = lambda record: not str(record.msg).startswith("Path not found")
+    logging.getLogger().addFilter(quiet)
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    except (ValueError, KeyError, SyntaxError, ImportError, OSError) as e:
+        raise ValueError(f"bad gin configuration: {e}") from None
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def configs():
+    """The gin-bound ``(RunsConfig, FitConfig, CounterfactualConfig, Experiment)``."""
+    gin = _gin()
+    try:
+        return (
+            gin.get_configurable("RunsConfig")(),
+            gin.get_configurable("FitConfig")(),
+            gin.get_configurable("CounterfactualConfig")(),
+            gin.get_configurable("Experiment")(),
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"missing or bad gin binding: {e}") from None
+
+
+def operative_config() -> str:
+    return _gin().config_str()
+
+
+# ------------------------------------------------------------------------------------------
+# Subcommands.
+
+
+def cmd_run(args) -> Path:
+    from simfluence_jax.pipeline.experiment import run_experiment
+
+    runs_cfg, fit_cfg, cf_cfg, exp = configs()
+    out = Path(args.out or exp.output_dir)
+    result = run_experiment(
+        runs_cfg, fit_cfg, cf_cfg, out_dir=out, config_text=operative_config(), title=exp.title,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    from simfluence_jax.evaluation import format_table
+
+    print(format_table(result.table))
+    print(f"\nReport: {out / 'report.md'}")
+    return out
+
+
+def cmd_generate(args) -> Path:
+    from simfluence_jax.pipeline.generate import generate_runs, store_name
+
+    runs_cfg, _, _, exp = configs()
+    out = Path(args.out or exp.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "operative_config.gin").write_text(operative_config())
+    runs = generate_runs(
+        runs_cfg, out / store_name(runs_cfg), config_text=operative_config(),
+        progress=not args.no_progress, process_index=args.process_index,
+        process_count=args.process_count,
+    )  # fmt: skip
+    path = runs.save(out / "runset", overwrite=True)
+    print(f"{runs} saved to {path}")
+    return path
+
+
+def _load_runs(path):
+    from simfluence_jax.runs import RunSet
+
+    return RunSet.load(path)
+
+
+def _split(runs, fit_cfg):
+    return runs.split(fit_cfg.num_fit, fit_cfg.num_val, fit_cfg.num_heldout)
+
+
+def cmd_fit(args) -> Path:
+    from simfluence_jax.pipeline.experiment import fit_simulators
+    from simfluence_jax.simulators.io import save_simulator
+
+    _, fit_cfg, _, _ = configs()
+    runs = _load_runs(args.runs)
+    fit, val, _ = _split(runs, fit_cfg)
+    names = tuple(n for n in fit_cfg.simulators if n not in cfgs.GRADIENT)
+    skipped = [n for n in fit_cfg.simulators if n in cfgs.GRADIENT]
+    if skipped:
+        print(f"note: {', '.join(skipped)} need the model and checkpoints; use `simfluence run`")
+    sims = fit_simulators(fit_cfg.__class__(**{**fit_cfg.__dict__, "simulators": names}), fit, val)
+    out = Path(args.out)
+    for name, sim in sims.items():
+        save_simulator(sim, out / name)
+    (out / "operative_config.gin").write_text(operative_config())
+    print(f"fitted {', '.join(sims)} on {fit.num_runs} runs; saved to {out}")
+    return out
+
+
+def _load_sims(folder):
+    from simfluence_jax.simulators.io import load_simulator
+
+    folder = Path(folder)
+    found = sorted(p.parent for p in folder.glob("*/meta.json"))
+    if not found:
+        raise ValueError(f"no saved simulators in {folder}")
+    return {p.name: load_simulator(p) for p in found}
+
+
+def cmd_evaluate(args) -> dict:
+    from simfluence_jax.evaluation import evaluate_all, format_table
+
+    _, fit_cfg, _, _ = configs()
+    runs = _load_runs(args.runs)
+    _, _, heldout = _split(runs, fit_cfg)
+    if heldout is None:
+        raise ValueError("the split leaves no held-out runs (FitConfig.num_heldout = 0)")
+    table = evaluate_all(_load_sims(args.simulators), heldout)
+    print(format_table(table))
+    if args.out:
+        Path(args.out).write_text(json.dumps(table, indent=1))
+    return table
+
+
+def _curriculum(args, runs):
+    from simfluence_jax import counterfactuals as cf
+    from simfluence_jax.sampling import load_curricula
+
+    if args.curriculum:
+        batches = load_curricula(args.curriculum, pool_size=runs.num_train if runs else None)
+        base = batches[0] if batches.ndim == 3 else batches
+    elif runs is not None:
+        if not 0 <= args.run < runs.num_runs:
+            raise ValueError(f"--run {args.run} out of range for {runs.num_runs} runs")
+        base = runs.batches[args.run]
+    else:
+        raise ValueError("give --curriculum FILE, or --runs DIR with --run INDEX")
+
+    def ids(text):
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"ids must be comma-separated integers, got {text!r}") from None
+
+    edited = base
+    if args.remove:
+        edited = cf.remove(edited, ids(args.remove))
+    if args.duplicate:
+        edited = cf.duplicate(edited, ids(args.duplicate))
+    if args.reverse:
+        edited = cf.reverse(edited)
+    if args.move_to_end:
+        for i in ids(args.move_to_end):
+            edited = cf.move_to_end(edited, i)
+    return base, edited
+
+
+def cmd_simulate(args) -> np.ndarray:
+    from simfluence_jax import counterfactuals as cf
+    from simfluence_jax.rollout import simulate
+
+    sims = _load_sims(args.simulators)
+    if args.name not in sims:
+        raise ValueError(f"no simulator {args.name!r} in {args.simulators}; have {sorted(sims)}")
+    sim = sims[args.name]
+    runs = _load_runs(args.runs) if args.runs else None
+    base, edited = _curriculum(args, runs)
+    if runs is not None:
+        L0 = runs.L0[args.run if not args.curriculum else 0]
+    else:
+        raise ValueError("--runs is needed for the starting losses L_0")
+    traj = simulate(sim, cf.stack([base, edited]), L0)
+    T0, T1 = base.shape[0], edited.shape[0]
+    before, after = traj[0, T0], traj[1, T1]
+    print(f"{args.name}: mean final test loss {before.mean():.4f} (given curriculum) -> "
+          f"{after.mean():.4f} (edited); largest change on test example "
+          f"{int(np.argmax(np.abs(after - before)))}")  # fmt: skip
+    if args.out:
+        header = "curriculum,step," + ",".join(f"test_{j}" for j in range(traj.shape[-1]))
+        rows = [f"{c},{t}," + ",".join(f"{v:.6g}" for v in traj[c, t])
+                for c in range(2) for t in range(traj.shape[1])]  # fmt: skip
+        Path(args.out).write_text(header + "\n" + "\n".join(rows) + "\n")
+        print(f"trajectories written to {args.out}")
+    return traj
+
+
+def cmd_report(args) -> Path:
+    from simfluence_jax.evaluation import evaluate, predict
+    from simfluence_jax.pipeline.experiment import group_of
+    from simfluence_jax.reports import write_report
+
+    _, fit_cfg, _, exp = configs()
+    runs = _load_runs(args.runs)
+    _, _, heldout = _split(runs, fit_cfg)
+    if heldout is None:
+        raise ValueError("the split leaves no held-out runs (FitConfig.num_heldout = 0)")
+    if args.simulators:
+        sims = _load_sims(args.simulators)
+    else:
+        fit_dir = Path(args.out) / "simulators"
+        cmd_fit(argparse.Namespace(runs=args.runs, out=fit_dir))
+        sims = _load_sims(fit_dir)
+    out = write_report(
+        args.out, heldout=heldout,
+        predictions={n: predict(s, heldout) for n, s in sims.items()},
+        table={n: evaluate(s, heldout) for n, s in sims.items()},
+        groups={n: group_of(n) for n in sims}, config_text=operative_config(), title=exp.title,
+    )  # fmt: skip
+    print(f"Report: {Path(out) / 'report.md'}")
+    return Path(out)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    doc = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(
+        prog="simfluence", description=doc[0],
+        epilog=textwrap.dedent(doc[1]), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name, fn, help_, example):
+        sp = sub.add_parser(
+            name, help=help_, description=f"{help_}\n\nExample:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        sp.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    q = "gin_configs/experiments/quickstart.gin"
+    sp = add("run", cmd_run, "Make runs, fit every simulator, evaluate, counterfactual, report.",
+             f"simfluence run --gin_file {q}")  # fmt: skip
+    sp.add_argument("--out", help="output folder (default: Experiment.output_dir)")
+    sp.add_argument("--no_progress", action="store_true", help="no progress bars")
+
+    sp = add("generate", cmd_generate, "Make (or resume) training runs into a run store.",
+             f"simfluence generate --gin_file {q} --out runs/")  # fmt: skip
+    sp.add_argument("--out", help="output folder (default: Experiment.output_dir)")
+    sp.add_argument("--no_progress", action="store_true")
+    sp.add_argument("--process_index", type=int, default=0, help="this process (multi-host)")
+    sp.add_argument("--process_count", type=int, default=1, help="processes sharing the store")
+
+    sp = add("fit", cmd_fit, "Fit the simulators of FitConfig on a saved run set.",
+             "simfluence fit --runs runs/runset --out sims/")  # fmt: skip
+    sp.add_argument("--runs", required=True, help="a saved RunSet folder")
+    sp.add_argument("--out", required=True, help="folder for the fitted simulators")
+
+    sp = add("evaluate", cmd_evaluate, "Score saved simulators on the held-out runs.",
+             "simfluence evaluate --runs runs/runset --simulators sims/")  # fmt: skip
+    sp.add_argument("--runs", required=True)
+    sp.add_argument("--simulators", required=True)
+    sp.add_argument("--out", help="write the table as JSON here")
+
+    sp = add("simulate", cmd_simulate,
+             "Simulate a counterfactual curriculum: a file of ids, or edits of a logged run.",
+             "simfluence simulate --simulators sims/ --name linear --runs runs/runset --run 0 "
+             "--remove 3,17")  # fmt: skip
+    sp.add_argument("--simulators", required=True)
+    sp.add_argument("--name", default="linear", help="which saved simulator")
+    sp.add_argument("--runs", help="a saved RunSet (its L_0 and curricula)")
+    sp.add_argument("--run", type=int, default=0, help="logged run whose curriculum to edit")
+    sp.add_argument("--curriculum", help="JSON or text file of ids, one batch per line")
+    sp.add_argument("--remove", help="comma-separated ids to remove")
+    sp.add_argument("--duplicate", help="comma-separated ids to see twice")
+    sp.add_argument("--reverse", action="store_true", help="reverse the step order")
+    sp.add_argument("--move_to_end", help="comma-separated ids to train on last")
+    sp.add_argument("--out", help="write both trajectories as CSV here")
+
+    sp = add("report", cmd_report, "Write the report (tables, plots) for a saved run set.",
+             "simfluence report --runs runs/runset --out report/")  # fmt: skip
+    sp.add_argument("--runs", required=True)
+    sp.add_argument("--simulators", help="saved simulators (default: fit them now)")
+    sp.add_argument("--out", required=True)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    bindings = [a[len("--gin."):] for a in argv if a.startswith("--gin.")]
+    rest = [a for a in argv if not a.startswith("--gin.")]
+    args = _parser().parse_args(rest)
+    try:
+        parse_gin(args.gin_file, bindings)
+        args.fn(args)
+    except (ValueError, OSError) as e:
+        print(f"simfluence {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Every bundled .gin file parses, and the layered experiments resolve to valid configs."""
+
+from pathlib import Path
+
+import pytest
+
+from simfluence_jax import cli
+from simfluence_jax.pipeline import config as cfgs
+
+GIN_DIR = Path(__file__).resolve().parents[1] / "gin_configs"
+ALL_GIN = sorted(GIN_DIR.rglob("*.gin"))
+
+
+def test_there_are_gin_files_in_every_layer():
+    layers = {p.parent.name for p in ALL_GIN}
+    assert layers == {"models", "runs", "simulators", "experiments"}
+
+
+@pytest.mark.parametrize("path", ALL_GIN, ids=lambda p: str(p.relative_to(GIN_DIR)))
+def test_every_gin_file_parses_and_opens_with_what_it_requires(path):
+    text = path.read_text()
+    assert text.startswith("#"), f"{path} must open with a comment saying what it requires"
+    assert "Requires:" in text.split("\n\n")[0] or "Requires:" in text[:600]
+    needs_output = path.name in ("base.gin", "tiny_test.gin")
+    bindings = ["Experiment.output_dir = '/tmp/x'"] if needs_output else []
+    cli.parse_gin([str(path)], bindings)
+    runs, fit, counterfactual, exp = cli.configs()
+    assert isinstance(runs, cfgs.RunsConfig) and isinstance(fit, cfgs.FitConfig)
+    assert fit.num_fit + fit.num_val + fit.num_heldout <= runs.num_runs
+    for name in fit.simulators:
+        assert name in cfgs.FITTED + cfgs.CONTROLS + cfgs.GRADIENT
+
+
+@pytest.mark.parametrize("name", ["quickstart", "paper_protocol", "t5_tiny", "tiny_test"])
+def test_experiments_layer_models_runs_simulators(name):
+    bindings = ["Experiment.output_dir = '/tmp/x'"] if name == "tiny_test" else []
+    cli.parse_gin([str(GIN_DIR / "experiments" / f"{name}.gin")], bindings)
+    runs, fit, _, exp = cli.configs()
+    assert exp.output_dir
+    if name == "paper_protocol":
+        assert (runs.num_runs, runs.subset_size, runs.batch_size, runs.num_steps) == (32, 128, 4, 96)
+        assert (fit.num_fit, fit.num_val, fit.num_heldout) == (25, 2, 5)
+    if name == "t5_tiny":
+        assert runs.model == "t5" and runs.pretrain
+    operative = cli.operative_config()
+    assert "RunsConfig" in operative or operative == ""
+
+
+def test_required_binding_is_reported():
+    with pytest.raises(ValueError, match="output_dir"):
+        cli.parse_gin([str(GIN_DIR / "experiments" / "base.gin")], [])
+        cli.configs()
+
+
+def test_bad_binding_and_missing_file_are_reported():
+    with pytest.raises(ValueError, match="bad gin configuration"):
+        cli.parse_gin([], ["RunsConfig.no_such_field = 3"])
+    with pytest.raises(ValueError, match="does not exist"):
+        cli.parse_gin(["/nonexistent/file.gin"], [])
