@@ -1,8 +1,9 @@
 """Plain configuration records for the pipeline (gin binds them at the entry points).
 
-The defaults are the quickstart: the pretrained MiniLM fine-tuned on the bundled
-``polarity`` task, top layer trained on cached lower-layer outputs, 12 runs of 48 steps at
-batch 4, each run a random 96 of the 150 pool examples (a scaled-down GPTfluence protocol).
+The defaults are close to the quickstart: the pretrained MiniLM fine-tuned on the bundled
+``polarity`` task with plain SGD, top layer trained on cached lower-layer outputs, runs of
+48 steps at batch 4, each a random 96 of the 150 pool examples (a scaled-down GPTfluence
+protocol); ``gin_configs/`` holds the exact experiment settings.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ class RunsConfig:
     pretrain: bool = False
     method: str = "top_layers"
     method_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"n_top": 1})
-    optimizer: str = "adam"
-    learning_rate: float = 1e-4
+    optimizer: str = "sgd"
+    learning_rate: float = 0.05
     optimizer_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     num_runs: int = 12
     subset_size: int | None = 96
