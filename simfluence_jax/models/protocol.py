@@ -41,6 +41,7 @@ Optional capabilities, detected with ``hasattr`` by the training methods that ne
   output of every layer below the top ``n_top``, computed once) and
   ``per_example_loss_from_features(params, features, batch, *, n_top, rng=None) -> float32[B]``,
   which runs only the top ``n_top`` layers and the head; ``top_param_filter(path, n_top) -> bool``
+  (``path``: the tuple of dict keys leading to a parameter)
   tells which parameters those are.
 """
 

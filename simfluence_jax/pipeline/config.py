@@ -54,7 +54,7 @@ class RunsConfig:
     num_steps: int | None = 48
     epochs: int = 1
     seed: int = 0
-    group_size: int = 4
+    group_size: int = 1
     checkpoint_steps: tuple[int, ...] = (0, 16, 32)
     chunk_steps: int = 8
 
