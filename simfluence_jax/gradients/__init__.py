@@ -1,0 +1,106 @@
+"""Gradient-based training-data attribution: per-example gradients, TracIn-CP, Grad-Dot,
+influence functions, and the additive simulators built from them.
+
+Convention, used by every function of this package: a **score matrix is train x test,
+``float32[N, M]``**, and **a positive score means the training example lowers the test
+loss** (TracIn's "proponent", the negative of Koh & Liang's up-weighting influence on the
+loss). Checkpoint dot products stack K such matrices: ``float32[K, N, M]``. Simulators
+store the same numbers test-first (``S float32[M, K, N]``), like every simulator's
+per-test parameters.
+
+Modules:
+
+* ``per_example``: ``vmap``-of-``grad`` per-example gradients for any protocol model or
+  training method, chunked, restricted to a parameter subset, optionally projected;
+* ``tracin``: checkpoints, TracIn-CP (summed and per-step) and Grad-Dot dot products;
+* ``influence``: damped inverse-Hessian-vector products (CG, LiSSA, exact, low-rank
+  Lanczos) and influence scores;
+* ``context``: ``GradientContext`` (computes and caches scores) and
+  ``PrecomputedGradients`` (the scores as arrays);
+* ``baselines``: the scores as additive simulators, raw and calibrated.
+
+Importing this package registers the simulators ``tracin_cp``, ``tracin_cp_summed``,
+``grad_dot``, ``influence`` and their ``*_calibrated`` twins in
+``simfluence_jax.SIMULATORS``; fit them with
+``fit_simulator(name, runs, gradients=ctx)``.
+"""
+
+from simfluence_jax.gradients.baselines import (
+    BASELINES,
+    calibrate,
+    calibration_scale,
+    gradient_simulator_names,
+    make_simulator,
+    raw_simulator,
+)
+from simfluence_jax.gradients.context import (
+    GradientContext,
+    GradientSource,
+    PrecomputedGradients,
+)
+from simfluence_jax.gradients.influence import (
+    InfluenceConfig,
+    SolveInfo,
+    explicit_matrix,
+    influence_scores,
+    inverse_hvp,
+    lanczos,
+    mean_loss_hvp,
+    solve_cg,
+    solve_exact,
+    solve_lissa,
+    solve_lowrank,
+)
+from simfluence_jax.gradients.per_example import (
+    Projection,
+    dots_with,
+    gradient_dots,
+    method_loss,
+    model_loss,
+    param_mask,
+    per_example_grads,
+    restrict,
+)
+from simfluence_jax.gradients.tracin import (
+    Checkpoint,
+    checkpoint_dots,
+    load_checkpoints,
+    nearest_checkpoint,
+    tracin_cp,
+)
+
+__all__ = [
+    "BASELINES",
+    "Checkpoint",
+    "GradientContext",
+    "GradientSource",
+    "InfluenceConfig",
+    "PrecomputedGradients",
+    "Projection",
+    "SolveInfo",
+    "calibrate",
+    "calibration_scale",
+    "checkpoint_dots",
+    "dots_with",
+    "explicit_matrix",
+    "gradient_dots",
+    "gradient_simulator_names",
+    "influence_scores",
+    "inverse_hvp",
+    "lanczos",
+    "load_checkpoints",
+    "make_simulator",
+    "mean_loss_hvp",
+    "method_loss",
+    "model_loss",
+    "nearest_checkpoint",
+    "param_mask",
+    "per_example_grads",
+    "raw_simulator",
+    "restrict",
+    "solve_cg",
+    "solve_exact",
+    "solve_lissa",
+    "solve_lowrank",
+    "tracin_cp",
+]
