@@ -1,0 +1,243 @@
+"""A featurized simulator: per-example parameters predicted from frozen text embeddings.
+
+Simfluence-Linear (DESIGN.md s3) learns one free pair (A_ij, B_ij) per (training example i,
+test example j), so it knows nothing about an example no logged run used. Following the
+featurized simulator of GPTfluence (Chai, Liu et al., EMNLP 2024), here A and B are a
+learned function of frozen embeddings ``x_i`` (training example) and ``z_j`` (test
+example), so any example with an embedding can be simulated:
+
+    u_i = P x~_i,   v_j = Q z~_j                       (x~, z~: standardised embeddings)
+    h_ij = gelu(W_x^T u_i + W_z^T v_j + W_xz^T (u_i * v_j) + b_h)
+    [A^(1)_ij, ..., A^(n)_ij, B_ij] = s * (W_out^T h_ij + b_out)
+
+with ``*`` the elementwise product (so the map sees the interaction of the two examples,
+not only each on its own) and ``s = out_scale`` a fixed scale that keeps the outputs in
+loss units while the weights stay O(1). The simulated update of test example j is the
+``one_plus_sum`` form of Simfluence-Linear, of Markov order ``n``:
+
+    L_t = (1 + sum_{i in c_t} A^(1)_ij) L_{t-1}
+          + sum_{k=2..n} (sum_{i in c_t} A^(k)_ij) L_{t-k}  +  sum_{i in c_t} B_ij
+
+(``L_{t-k}`` for ``t - k < 0`` is ``L_0``). ``one_plus_sum`` makes zero outputs mean "no
+change": a freshly initialised map (``W_out = 0``) is the constant simulator, and weight
+decay pulls towards it; it is also insensitive to ragged batches. An id repeated in a
+batch counts twice; ``-1`` padding counts zero times.
+
+Order 1 is a ``Simulator``: ``per_test()`` materialises ``A, B: float32[M, N]`` from the
+map, so ``rollout``, ``closed_form_final``, the counterfactuals and the search work
+unchanged, and ``as_linear()`` returns the equivalent ``LinearSimulator``. Order ``n > 1``
+does not fit the first-order interface (its state is the last ``n`` losses); use
+``rollout_markov`` here, which handles every order (and equals ``rollout`` for order 1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from simfluence_jax.simulators.base import Simulator, batch_mask
+from simfluence_jax.simulators.linear import LinearSimulator
+
+#: The learned fields of ``FeaturizedSimulator`` (the rest are data or fixed).
+TRAINABLE = ("P", "Q", "W_x", "W_z", "W_xz", "b_h", "W_out", "b_out")
+
+
+@struct.dataclass
+class FeaturizedSimulator(Simulator):
+    """Simfluence with (A, B) predicted from embeddings; see the module docstring.
+
+    Attributes:
+      train_features: ``float32[N, Dx]`` embeddings of the training pool (may include
+        examples that no fitting run used).
+      test_features: ``float32[M, Dz]`` embeddings of the test examples.
+      x_shift, x_scale: ``float32[Dx]`` standardisation of training features.
+      z_shift, z_scale: ``float32[Dz]`` standardisation of test features.
+      P: ``float32[Dx, d]``; Q: ``float32[Dz, d]`` projections.
+      W_x, W_z, W_xz: ``float32[d, H]``; b_h: ``float32[H]`` hidden layer.
+      W_out: ``float32[H, n+1]``; b_out: ``float32[n+1]`` output layer (A^(1..n), B).
+      l2: the weight decay it was fitted with (``nan`` if not fitted).
+      order: Markov order n.
+      out_scale: the fixed output scale s.
+      name: registry name.
+    """
+
+    train_features: jax.Array
+    test_features: jax.Array
+    x_shift: jax.Array
+    x_scale: jax.Array
+    z_shift: jax.Array
+    z_scale: jax.Array
+    P: jax.Array
+    Q: jax.Array
+    W_x: jax.Array
+    W_z: jax.Array
+    W_xz: jax.Array
+    b_h: jax.Array
+    W_out: jax.Array
+    b_out: jax.Array
+    l2: float = float("nan")
+    order: int = struct.field(pytree_node=False, default=1)
+    out_scale: float = struct.field(pytree_node=False, default=0.1)
+    name: str = struct.field(pytree_node=False, default="featurized")
+
+    # Parameters ------------------------------------------------------------------------
+    def pair_outputs(self, train_features=None, test_features=None) -> jax.Array:
+        """``float32[M, N, n+1]``: (A^(1), ..., A^(n), B) for every (test, train) pair.
+
+        Pass other ``train_features [N', Dx]`` / ``test_features [M', Dz]`` to evaluate the
+        map on examples other than the stored ones.
+        """
+        x = self.train_features if train_features is None else jnp.asarray(train_features)
+        z = self.test_features if test_features is None else jnp.asarray(test_features)
+        u = ((x - self.x_shift) / self.x_scale) @ self.P  # [N, d]
+        v = ((z - self.z_shift) / self.z_scale) @ self.Q  # [M, d]
+        pre = (
+            (u @ self.W_x)[None, :, :]
+            + (v @ self.W_z)[:, None, :]
+            + jnp.einsum("nd,md,dh->mnh", u, v, self.W_xz)
+            + self.b_h
+        )
+        out = jax.nn.gelu(pre) @ self.W_out + self.b_out  # [M, N, n+1]
+        return self.out_scale * out
+
+    def effects(self) -> tuple[jax.Array, jax.Array]:
+        """``(A: float32[M, N, n], B: float32[M, N])`` of the stored pool and tests."""
+        out = self.pair_outputs()
+        return out[..., : self.order], out[..., self.order]
+
+    # The Simulator interface (order 1) -------------------------------------------------
+    def per_test(self):
+        A, B = self.effects()
+        if self.order == 1:
+            return (A[..., 0], B)
+        return (A, B)
+
+    def coefficients(self, p, batch, t):
+        if self.order != 1:
+            raise ValueError(
+                f"a featurized simulator of Markov order {self.order} has no first-order "
+                "coefficients; simulate it with simulators.featurized.rollout_markov"
+            )
+        A, B = p
+        ids, w = batch_mask(batch)
+        return 1.0 + jnp.sum(A[ids] * w), jnp.sum(B[ids] * w)
+
+    @property
+    def num_test(self) -> int:
+        return self.test_features.shape[0]
+
+    @property
+    def num_train(self) -> int:
+        return self.train_features.shape[0]
+
+    # Other examples ------------------------------------------------------------------------
+    def with_features(self, *, train=None, test=None) -> FeaturizedSimulator:
+        """The same learned map over another pool ``float32[N', Dx]`` and/or other test
+        examples ``float32[M', Dz]`` (e.g. examples no fitting run used)."""
+        new = {}
+        for key, value, ref in (
+            ("train_features", train, self.train_features),
+            ("test_features", test, self.test_features),
+        ):
+            if value is None:
+                continue
+            value = jnp.asarray(value, jnp.float32)
+            if value.ndim != 2 or value.shape[1] != ref.shape[1]:
+                raise ValueError(
+                    f"{key} must have shape [*, {ref.shape[1]}] like the fitted ones, got "
+                    f"{value.shape}"
+                )
+            new[key] = value
+        return self.replace(**new)
+
+    def as_linear(self) -> LinearSimulator:
+        """The equivalent ``LinearSimulator`` (``one_plus_sum`` form) for the stored pool and
+        test examples; order 1 only."""
+        if self.order != 1:
+            raise ValueError(
+                f"only order 1 has a linear equivalent, this one has order {self.order}"
+            )
+        A, B = self.per_test()
+        seen = jnp.ones(self.num_train, bool)
+        return LinearSimulator(A=A, B=B, seen=seen, alpha0=1.0, name=self.name, l2=self.l2)
+
+
+# Rollout of any order ----------------------------------------------------------------------
+def step_sums(A: jax.Array, B: jax.Array, batch: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Sums over one batch ``int32[Bsz]`` of ``A: [N, n]`` and ``B: [N]`` -> ``([n], [])``."""
+    ids, w = batch_mask(batch)
+    return jnp.sum(A[ids] * w[:, None], axis=0), jnp.sum(B[ids] * w)
+
+
+def markov_update(history: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """One step of the order-n update for one test example.
+
+    Args:
+      history: ``float32[n]``: ``(L_{t-1}, ..., L_{t-n})``.
+      a: ``float32[n]``: ``sum_{i in c_t} A^(k)_i`` for k = 1..n.
+      b: scalar ``sum_{i in c_t} B_i``.
+
+    Returns:
+      scalar L_t = L_{t-1} + sum_k a_k L_{t-k} + b.
+    """
+    return history[0] + jnp.dot(a, history) + b
+
+
+def _rollout_one(A, B, batches, L0):
+    """``A: [N, n]``, ``B: [N]``, ``batches: int32[T, Bsz]``, scalar L0 -> ``float32[T+1]``."""
+    n = A.shape[-1]
+
+    def step(history, batch):
+        a, b = step_sums(A, B, batch)
+        L = markov_update(history, a, b).astype(history.dtype)
+        return jnp.concatenate([L[None], history[:-1]]), L
+
+    L0 = jnp.asarray(L0, jnp.float32)
+    _, Ls = jax.lax.scan(step, jnp.full((n,), L0), batches)
+    return jnp.concatenate([L0[None], Ls])
+
+
+@jax.jit
+def _rollout_markov(A, B, batches, L0):
+    """``A: [M, N, n]``, ``B: [M, N]``, ``batches: [C, T, Bsz]``, ``L0: [C, M]`` ->
+    ``float32[C, T+1, M]``."""
+    over_c = jax.vmap(_rollout_one, in_axes=(None, None, 0, 0))  # curricula
+    over_m = jax.vmap(over_c, in_axes=(0, 0, None, 1), out_axes=2)  # test examples
+    return over_m(A, B, batches, L0)
+
+
+def rollout_markov(sim: FeaturizedSimulator, batches, L0) -> jax.Array:
+    """Simulated trajectories of a featurized simulator of any order; pure, jit-safe.
+
+    Args:
+      sim: a ``FeaturizedSimulator``.
+      batches: ``int32[..., T, Bsz]`` curricula (``-1`` = padding).
+      L0: ``float32[..., M]`` (or ``[M]``, broadcast) starting losses.
+
+    Returns:
+      ``float32[..., T+1, M]`` with L_0 as row 0; equals ``rollout`` for order 1.
+    """
+    batches = jnp.asarray(batches, jnp.int32)
+    if batches.ndim < 2:
+        raise ValueError(f"batches must have shape [..., T, B], got shape {batches.shape}")
+    lead = batches.shape[:-2]
+    M = sim.num_test
+    L0 = jnp.asarray(L0, jnp.float32)
+    if L0.shape[-1:] != (M,):
+        raise ValueError(f"L0 must end in the simulator's M = {M} test examples, got {L0.shape}")
+    L0 = jnp.broadcast_to(L0, lead + (M,)).reshape(-1, M)
+    flat = batches.reshape((-1,) + batches.shape[-2:])
+    A, B = sim.effects()
+    out = _rollout_markov(A, B, flat, L0)
+    return out.reshape(lead + out.shape[1:])
+
+
+def rollout_any(sim: Simulator, batches, L0) -> jax.Array:
+    """``rollout_markov`` for featurized simulators of order > 1, ``rollout`` otherwise:
+    ``float32[..., T+1, M]``."""
+    if isinstance(sim, FeaturizedSimulator) and sim.order > 1:
+        return rollout_markov(sim, batches, L0)
+    from simfluence_jax.rollout import rollout
+
+    return rollout(sim, batches, L0)
