@@ -70,14 +70,20 @@ def group_of(name: str) -> str:
 
 
 def gradient_context(setup, runs: RunSet, store_dir: Path, **kwargs):
-    """Gradient scores from the fitting runs' saved checkpoints (TracIn-CP, Grad-Dot, IF)."""
+    """Gradient scores (TracIn-CP, Grad-Dot, influence functions) from the checkpoints that
+    the first fitting run saved, as TracIn-CP prescribes (one run's training trajectory)."""
     from simfluence_jax.gradients.context import GradientContext
     from simfluence_jax.store import open_store
 
+    from simfluence_jax.gradients.influence import InfluenceConfig
+
+    if isinstance(kwargs.get("influence"), dict):
+        kwargs["influence"] = InfluenceConfig(**kwargs["influence"])
     store = open_store(store_dir)
+    first = int(runs.metadata.get("runs", [0])[0])
     return GradientContext.from_store(
         store, setup.model, setup.params, setup.method, pool=setup.pool, test=setup.test,
-        runs=list(runs.metadata.get("runs", range(runs.num_runs))), **kwargs,
+        runs=[first], **kwargs,
     )  # fmt: skip
 
 
