@@ -6,8 +6,31 @@ import numpy as np
 import pytest
 
 import simfluence_jax as sj
+import simfluence_jax.gradients.baselines  # noqa: F401  (registers the gradient simulators)
 from simfluence_jax import metrics
+from simfluence_jax.gradients.context import PrecomputedGradients
 from simfluence_jax.synthetic import make_problem
+
+
+def _fit_kwargs(name, runs, seed=0):
+    """Extra inputs some simulators need beyond the runs (gradient scores, features)."""
+    fitter = sj.SIMULATORS.get(name)
+    if getattr(fitter, "requires_gradients", False):
+        rng = np.random.default_rng(seed)
+        N, M, T = runs.num_train, runs.num_test, runs.num_steps
+        return {
+            "gradients": PrecomputedGradients(
+                steps=np.array([0, T // 2]),
+                checkpoint_rates=np.full(2, 0.1, np.float32),
+                dots=rng.normal(size=(2, N, M)).astype(np.float32),
+                influence=rng.normal(size=(N, M)).astype(np.float32),
+                learning_rates=np.full(T, 0.1, np.float32),
+            )
+        }
+    features = getattr(fitter, "synthetic_features", None)
+    if features is not None:
+        return {"features": features(runs, seed=seed)}
+    return {}
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +43,10 @@ def problem():
 @pytest.fixture(scope="module")
 def fitted(problem):
     _, fit, val, _ = problem
-    return {name: sj.fit_simulator(name, fit, validation=val) for name in sj.SIMULATORS.names()}
+    return {
+        name: sj.fit_simulator(name, fit, validation=val, **_fit_kwargs(name, fit))
+        for name in sj.SIMULATORS.names()
+    }
 
 
 @pytest.mark.parametrize("name", sj.SIMULATORS.names())
@@ -39,7 +65,8 @@ def test_conformance(name, problem, fitted):
     f = jax.jit(sj.rollout)
     a = f(sim, batches, L0)
     compiled = f._cache_size()
-    refit = sj.fit_simulator(name, fit.select(np.arange(fit.num_runs)[::-1]), l2=0.5)
+    reordered = fit.select(np.arange(fit.num_runs)[::-1])
+    refit = sj.fit_simulator(name, reordered, l2=0.5, **_fit_kwargs(name, reordered, seed=1))
     f(refit, batches[::-1], L0 + 0.1)
     assert f._cache_size() == compiled, f"{name} recompiled for new values of the same shapes"
     np.testing.assert_allclose(np.asarray(a), out, rtol=1e-6, atol=1e-6)
@@ -52,7 +79,7 @@ def test_conformance(name, problem, fitted):
     np.testing.assert_allclose(np.asarray(vm), out, rtol=1e-6, atol=1e-6)
 
     # Deterministic: fitting and simulating again gives identical numbers.
-    again = sj.fit_simulator(name, fit, validation=problem[2])
+    again = sj.fit_simulator(name, fit, validation=problem[2], **_fit_kwargs(name, fit))
     np.testing.assert_array_equal(np.asarray(sj.rollout(again, batches, L0)), out)
 
     # The scan matches the closed form.
