@@ -8,9 +8,10 @@ Sections (each prints a table; everything goes to ``benchmarks/results/bench_gra
 * ``tracin``: the N x M gradient dot products of one checkpoint, exact and through random
   projections to 1024 dimensions (dense Gaussian, count sketch), with the Pearson
   correlation of the projected scores to the exact ones.
-* ``memory``: peak resident memory added by ``gradient_dots`` as the pool grows, chunked
-  (bounded) against unchunked (one vmap over the whole pool: grows with N). Each point runs
-  in a fresh subprocess, so peaks do not mix.
+* ``memory``: memory of ``gradient_dots`` as the pool grows, chunked (bounded) against
+  unchunked (one vmap over the whole pool: grows with N): XLA's temporary buffer size of the
+  compiled call, and the peak resident memory the call adds (Linux ``VmHWM`` reset just
+  before the call, minus ``VmRSS``). Each point runs in a fresh subprocess.
 * ``influence``: the head-only exact inverse (the cheap quickstart inverse) and CG on the
   top layer + head (time per CG iteration for all M test examples at once).
 
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import table, write
+from benchmarks.common import RESULTS, table, write
 from simfluence_jax.gradients import (
     InfluenceConfig,
     Projection,
@@ -68,6 +69,7 @@ def minilm_setting():
 
 SETTINGS = {"toy": toy_setting, "minilm_top1": minilm_setting}
 HEAD = r"(^|/)head/"
+SECTIONS = ("throughput", "tracin", "memory", "influence")
 
 
 def prepared(name: str):
@@ -190,17 +192,37 @@ def bench_tracin(name: str, *, quick: bool) -> list[dict]:
     return rows
 
 
+def _status_kb(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    """Resets the process's peak RSS (``VmHWM``) on Linux; False where that is refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def memory_child(name: str, n: int, chunk: int | None) -> dict:
     loss_fn, theta, frozen, pool, test = prepared(name)
     pool = tile(pool, n)
     f = jax.jit(lambda th, fr, x, y: gradient_dots(loss_fn, th, fr, x, y, chunk_size=chunk))
     compiled = f.lower(theta, frozen, pool, test).compile()
     jax.block_until_ready((theta, frozen, pool, test))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset = _reset_peak_rss()
+    before = _status_kb("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     jax.block_until_ready(compiled(theta, frozen, pool, test))
     seconds = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = _status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stats = compiled.memory_analysis()
     temp = getattr(stats, "temp_size_in_bytes", None) if stats is not None else None
     return dict(
@@ -291,7 +313,7 @@ def bench_influence(name: str, *, quick: bool, cg_iters: int, lanczos_rank: int)
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="toy,minilm_top1")
-    parser.add_argument("--sections", default="throughput,tracin,memory,influence")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small pools: a smoke run")
     parser.add_argument("--cg-iters", type=int, default=3)
@@ -349,6 +371,11 @@ def main(argv=None) -> None:
         print(f"\n## {section}\n")
         print(table(rows, columns[section]))
     suffix = "_quick" if args.quick else ""
+    previous = RESULTS / f"bench_gradients{suffix}.json"
+    if set(sections) != set(SECTIONS) and previous.exists():
+        # A partial run updates its sections and keeps the others of the last full run.
+        kept = json.loads(previous.read_text()).get("results", {})
+        results = {**{k: v for k, v in kept.items() if k not in results}, **results}
     path = write(f"bench_gradients{suffix}", {"settings": args.settings, "results": results})
     print(f"\nwrote {path}")
 

@@ -26,15 +26,16 @@ Only Hessian-vector products are formed, by forward-over-reverse differentiation
   largest eigenvalue of ``A``; with minibatch HVPs it is stochastic (average ``repeats``);
   with full-batch HVPs its error is exactly ``(I - A/sigma)^{K+1} x*``;
 * ``exact``: the explicit ``P x P`` Hessian (``P`` HVPs) and a dense solve; for tiny models
-  or a head-only parameter selection.
-* ``lanczos``: a rank-``k`` approximation from ``k`` Lanczos steps (full
-  reorthogonalisation; the low-rank route of Schioppa et al., 2022, "Scaling Up Influence
-  Functions"): ``H ~ U diag(mu) U^T`` and
+  or a head-only parameter selection;
+* ``lanczos``: a rank-``k`` approximation from ``k`` Lanczos steps with full
+  reorthogonalisation (the symmetric form of the Arnoldi route of Schioppa et al., 2022,
+  "Scaling Up Influence Functions"): ``H ~ U^T diag(mu) U`` and
 
       (H + lambda I)^{-1} b ~ b / lambda + U^T [(1/(mu + lambda) - 1/lambda) * (U b)],
 
-  exact on the Krylov space and ``1/lambda`` on its complement. Its cost is ``k`` HVPs of
-  one vector, independent of M, where CG costs M HVPs per iteration.
+  i.e. the Ritz approximation on the Krylov space and ``1/lambda`` on its complement (exact
+  once the space is invariant under ``H``, e.g. ``k = P``). Its cost is ``k`` HVPs of one
+  vector, independent of M, where CG costs M HVPs per iteration.
 
 Then ``score[:, j] = <g_i, x_j>`` over the N training gradients, chunked, so N solves are
 never needed.
