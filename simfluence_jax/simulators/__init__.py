@@ -5,5 +5,6 @@ Fitting lives in ``simfluence_jax.fitting``; the registry of fitters is ``SIMULA
 
 from simfluence_jax.simulators.base import Simulator
 from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
+from simfluence_jax.simulators.segmented import SegmentedSimulator
 
-__all__ = ["LinearSimulator", "MeanSimulator", "Simulator"]
+__all__ = ["LinearSimulator", "MeanSimulator", "SegmentedSimulator", "Simulator"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from simfluence_jax.registry import Registry
 from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
+from simfluence_jax.simulators.segmented import SegmentedSimulator
 
 FORMAT_NAME = "simfluence_jax.Simulator"
 FORMAT_VERSION = 1
@@ -25,6 +26,7 @@ FORMAT_VERSION = 1
 SIMULATOR_CLASSES: Registry[type] = Registry("simulator class")
 SIMULATOR_CLASSES.register("LinearSimulator")(LinearSimulator)
 SIMULATOR_CLASSES.register("MeanSimulator")(MeanSimulator)
+SIMULATOR_CLASSES.register("SegmentedSimulator")(SegmentedSimulator)
 
 
 def save_simulator(sim, path: str | os.PathLike) -> Path:
