@@ -52,3 +52,27 @@ def test_cli_run_end_to_end(tmp_path, capsys):
     rc = cli.main(["run", "--gin_file", str(GIN), f"--gin.Experiment.output_dir='{out}'",
                    "--no_progress"])  # fmt: skip
     assert rc == 0
+
+
+def test_t5_task_arrays_through_seqio_equal_direct_tokenization():
+    pytest.importorskip("seqio", reason="the optional seqio extra is not installed")
+    import dataclasses
+
+    import numpy as np
+
+    from simfluence_jax.data.tasks import get_task
+    from simfluence_jax.pipeline.generate import _example_arrays, _model, _use_seqio
+
+    cfg = cfgs.RunsConfig(model="t5", model_kwargs={"size": "tiny", "input_length": 32,
+                                                    "target_length": 8})  # fmt: skip
+    assert _use_seqio(cfg) and not _use_seqio(dataclasses.replace(cfg, seqio="never"))
+    task = get_task("polarity")
+    model = _model(cfg, task)
+    via_seqio = _example_arrays(cfg, task, model)
+    direct = _example_arrays(dataclasses.replace(cfg, seqio="never"), task, model)
+    for a, b in zip(via_seqio, direct):
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(ValueError, match="RunsConfig.seqio"):
+        _use_seqio(dataclasses.replace(cfg, seqio="sometimes"))

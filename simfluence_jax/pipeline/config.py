@@ -34,6 +34,8 @@ class RunsConfig:
       group_size: runs vmapped together.
       checkpoint_steps: steps after which parameters are kept (TracIn-CP); empty: none.
       chunk_steps: steps per compiled call.
+      seqio: for T5, feed the task through a seqio Task and ``EncDecFeatureConverter``:
+        ``"auto"`` (when seqio is installed), ``"always"`` or ``"never"``.
     """
 
     task: str = "polarity"
@@ -57,6 +59,7 @@ class RunsConfig:
     group_size: int = 1
     checkpoint_steps: tuple[int, ...] = (0, 16, 32)
     chunk_steps: int = 8
+    seqio: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,6 +62,35 @@ def _model(cfg: RunsConfig, task):
     return MODELS.get(cfg.model)(**kwargs)
 
 
+def _use_seqio(cfg: RunsConfig) -> bool:
+    if cfg.seqio not in ("auto", "always", "never"):
+        raise ValueError(f"RunsConfig.seqio must be 'auto', 'always' or 'never', got {cfg.seqio!r}")
+    if cfg.model != "t5" or cfg.seqio == "never":
+        return False
+    if cfg.seqio == "always":
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec("seqio") is not None
+
+
+def _example_arrays(cfg: RunsConfig, task, model) -> tuple[dict, dict]:
+    """The pool and test arrays: through seqio (T5, when enabled) or the model's tokenizer."""
+    if _use_seqio(cfg):
+        from simfluence_jax.data.seqio_tasks import register_seqio_task, seqio_task_to_arrays
+
+        name = register_seqio_task(task, model.vocab_path)
+        lengths = {"inputs": model.input_length, "targets": model.target_length}
+        return (
+            seqio_task_to_arrays(name, "train", lengths),
+            seqio_task_to_arrays(name, "test", lengths),
+        )
+    return (
+        model.example_arrays(task.train_texts, task.train_targets),
+        model.example_arrays(task.test_texts, task.test_targets),
+    )
+
+
 def prepare(cfg: RunsConfig, *, mesh=None) -> Setup:
     """Builds the task, model, method, optimizer and the run factory for ``cfg``."""
     from simfluence_jax.data.tasks import get_task
@@ -77,8 +106,7 @@ def prepare(cfg: RunsConfig, *, mesh=None) -> Setup:
     if opt_kwargs.get("schedule", "constant") != "constant":
         opt_kwargs.setdefault("total_steps", _num_steps(cfg, len(task.train_texts)))
     optimizer = make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate, **opt_kwargs)
-    pool = model.example_arrays(task.train_texts, task.train_targets)
-    test = model.example_arrays(task.test_texts, task.test_targets)
+    pool, test = _example_arrays(cfg, task, model)
     factory = RunFactory(
         model, params, method=method, optimizer=optimizer, pool=pool, test=test,
         chunk_steps=cfg.chunk_steps, mesh=mesh,
