@@ -7,6 +7,7 @@ baselines live in subpackages that import Flax and optax.
 
 from simfluence_jax import counterfactuals, metrics
 from simfluence_jax.evaluation import evaluate, evaluate_all, format_table, predict
+from simfluence_jax.fitting import DEFAULT_L2, DEFAULT_L2_GRID, SIMULATORS, fit_all, fit_simulator
 from simfluence_jax.rollout import (
     DivergenceWarning,
     UnseenExampleWarning,
@@ -17,7 +18,6 @@ from simfluence_jax.rollout import (
 )
 from simfluence_jax.runs import RunSet
 from simfluence_jax.sharding import test_mesh
-from simfluence_jax.fitting import DEFAULT_L2, DEFAULT_L2_GRID, SIMULATORS, fit_all, fit_simulator
 from simfluence_jax.simulators import LinearSimulator, MeanSimulator, Simulator
 from simfluence_jax.solvers import SOLVERS, RidgeProblem, choose_solver, solve_ridge
 

@@ -352,7 +352,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    bindings = [a[len("--gin."):] for a in argv if a.startswith("--gin.")]
+    bindings = [a[len("--gin.") :] for a in argv if a.startswith("--gin.")]
     rest = [a for a in argv if not a.startswith("--gin.")]
     args = _parser().parse_args(rest)
     try:

@@ -58,6 +58,9 @@ class FeaturizedConfig:
       eval_every: steps per compiled chunk between validation checks.
       patience: chunks without validation improvement before stopping.
       seed: initialisation seed.
+      tied: one projection for both sides (``Q`` unused, ``v_j = P z~_j``): training and
+        test examples are embedded by the same encoder, and the test side, usually seen
+        through far fewer examples, borrows the projection learned on the pool.
     """
 
     order: int = 1
@@ -69,6 +72,7 @@ class FeaturizedConfig:
     eval_every: int = 100
     patience: int = 5
     seed: int = 0
+    tied: bool = False
 
     def __post_init__(self):
         for key in ("order", "proj_dim", "hidden", "max_steps", "eval_every", "patience"):
@@ -100,6 +104,11 @@ def init_simulator(train_features, test_features, cfg: FeaturizedConfig) -> Feat
         )
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(z))):
         raise ValueError("features contain NaN or infinite values")
+    if cfg.tied and x.shape[1] != z.shape[1]:
+        raise ValueError(
+            f"tied projections need train and test features of one width, got {x.shape[1]} "
+            f"and {z.shape[1]}"
+        )
     d, H, K = cfg.proj_dim, cfg.hidden, cfg.order + 1
     keys = jax.random.split(jax.random.PRNGKey(cfg.seed), 5)
     normal = lambda k, shape, fan_in: jax.random.normal(k, shape) / np.sqrt(fan_in)
@@ -113,7 +122,7 @@ def init_simulator(train_features, test_features, cfg: FeaturizedConfig) -> Feat
         W_x=normal(keys[2], (d, H), d), W_z=normal(keys[3], (d, H), d),
         W_xz=normal(keys[4], (d, H), d), b_h=jnp.zeros(H),
         W_out=jnp.zeros((H, K)), b_out=jnp.zeros(K),
-        order=cfg.order, out_scale=cfg.out_scale,
+        order=cfg.order, out_scale=cfg.out_scale, tied=cfg.tied,
     )  # fmt: skip
 
 
@@ -272,6 +281,7 @@ def fit_featurized(
     eval_every: int = 100,
     patience: int = 5,
     seed: int = 0,
+    tied: bool = False,
 ) -> FeaturizedSimulator:
     """Fits a featurized simulator (see the module docstring).
 
@@ -284,7 +294,7 @@ def fit_featurized(
       l2: weight decay, or several (needs ``validation``); default ``DEFAULT_L2``.
       mesh: unused (the fit is one small dense problem); accepted for a uniform interface.
       order, proj_dim, hidden, out_scale, learning_rate, max_steps, eval_every, patience,
-        seed: see ``FeaturizedConfig``.
+        seed, tied: see ``FeaturizedConfig``.
 
     Returns:
       the fitted ``FeaturizedSimulator``; ``name`` is ``featurized`` (order 1) or
@@ -300,7 +310,7 @@ def fit_featurized(
     cfg = FeaturizedConfig(
         order=order, proj_dim=proj_dim, hidden=hidden, out_scale=out_scale,
         learning_rate=learning_rate, max_steps=max_steps, eval_every=eval_every,
-        patience=patience, seed=seed,
+        patience=patience, seed=seed, tied=tied,
     )  # fmt: skip
     grid = np.atleast_1d(np.asarray(DEFAULT_L2 if l2 is None else l2, np.float64))
     if grid.size > 1 and validation is None:

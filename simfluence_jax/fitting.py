@@ -10,7 +10,7 @@ error, which rewards fits that drift when fed their own predictions).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -80,7 +80,9 @@ def _ridge_fit(
     scores = [rollout_mse(s, validation, mesh=mesh) for s in sims]
     best = int(np.argmin(scores))
     if not np.isfinite(scores[best]):
-        raise ValueError(f"every l2 in {grid.tolist()} gives a diverging rollout on validation runs")
+        raise ValueError(
+            f"every l2 in {grid.tolist()} gives a diverging rollout on validation runs"
+        )
     return sims[best]
 
 

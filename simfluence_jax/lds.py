@@ -99,13 +99,26 @@ def subset_curricula(
     epochs: int = 1,
     num_steps: int | None = None,
     seed: int = 0,
+    pool_ids=None,
 ) -> np.ndarray:
     """``int32[C, T, B]``: C random subsets of the pool, each trained in random order (the
-    fitting runs' sampler, ``sampling.sample_curricula``); TRAK uses half the pool."""
-    return sample_curricula(
+    fitting runs' sampler, ``sampling.sample_curricula``); TRAK uses half the pool.
+
+    ``pool_ids`` (``int[P]``, optional) restricts the subsets to those pool ids (e.g. the
+    examples a Linear simulator has parameters for); ``pool_size`` is then ``P``.
+    """
+    b = sample_curricula(
         num_runs=num_subsets, pool_size=pool_size, batch_size=batch_size,
         subset_size=subset_size, epochs=epochs, num_steps=num_steps, seed=seed,
     )  # fmt: skip
+    if pool_ids is None:
+        return b
+    ids = np.asarray(pool_ids, np.int64).reshape(-1)
+    if len(ids) != pool_size or len(np.unique(ids)) != len(ids) or (ids < 0).any():
+        raise ValueError(
+            f"pool_ids must be {pool_size} distinct non-negative ids, got {len(ids)} ids"
+        )
+    return np.where(b >= 0, ids[np.maximum(b, 0)], -1).astype(np.int32)
 
 
 @dataclasses.dataclass
@@ -136,6 +149,7 @@ def run_lds(
     epochs: int = 1,
     num_steps: int | None = None,
     seed: int = 0,
+    pool_ids=None,
 ) -> LDSResult:
     """Draws subsets, trains on them with ``train`` and scores every simulator.
 
@@ -143,12 +157,12 @@ def run_lds(
       sims: ``{name: simulator}``.
       train: ``curricula int32[C, T, B] -> losses float[C, T+1, M]`` (or a ``RunSet``);
         e.g. ``lambda b: retrain(setup, store_dir, b, seeds)``.
-      pool_size, num_subsets, subset_size, batch_size, epochs, num_steps, seed: the
-        subsets (see ``subset_curricula``).
+      pool_size, num_subsets, subset_size, batch_size, epochs, num_steps, seed, pool_ids:
+        the subsets (see ``subset_curricula``).
     """
     batches = subset_curricula(
         pool_size, num_subsets=num_subsets, subset_size=subset_size, batch_size=batch_size,
-        epochs=epochs, num_steps=num_steps, seed=seed,
+        epochs=epochs, num_steps=num_steps, seed=seed, pool_ids=pool_ids,
     )  # fmt: skip
     out = train(batches)
     losses = np.asarray(out.losses if isinstance(out, RunSet) else out, np.float32)

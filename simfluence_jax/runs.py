@@ -22,8 +22,9 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -296,7 +297,9 @@ class RunSet:
         except json.JSONDecodeError as e:
             raise ValueError(f"{meta_file} is not valid JSON: {e}") from None
         if meta.get("format") != FORMAT_NAME:
-            raise ValueError(f"{path} is not a simfluence_jax run set (format {meta.get('format')!r})")
+            raise ValueError(
+                f"{path} is not a simfluence_jax run set (format {meta.get('format')!r})"
+            )
         if meta.get("version") != FORMAT_VERSION:
             raise ValueError(
                 f"{path} was written in run-set format version {meta.get('version')}; this "

@@ -408,6 +408,7 @@ def check_by_retraining(
     targets,
     L0,
     random_curricula,
+    random_losses=None,
 ) -> SearchCheck:
     """Trains every pick and the random curricula with ``train`` and compares.
 
@@ -417,13 +418,25 @@ def check_by_retraining(
       targets: target test indices.
       L0: ``float[M]`` the starting losses the search used.
       random_curricula: ``int32[R, T, B]`` of the picks' shape.
+      random_losses: ``float[R, T+1, M]`` if the random curricula were trained already (e.g.
+        the logged runs, which are random curricula of this shape); else they are trained.
     """
     targets = np.asarray(targets, np.int64).reshape(-1)
     labels = list(picks)
     rnd = np.asarray(random_curricula, np.int32)
-    batches = np.concatenate([np.stack([picks[n][1].curriculum for n in labels]), rnd])
+    picked = np.stack([picks[n][1].curriculum for n in labels])
+    if random_losses is not None:
+        random_losses = np.asarray(random_losses, np.float32)
+        if random_losses.shape[:2] != (rnd.shape[0], rnd.shape[1] + 1):
+            raise ValueError(
+                f"random_losses has shape {random_losses.shape}, expected [R={rnd.shape[0]}, "
+                f"T+1={rnd.shape[1] + 1}, M]"
+            )
+    batches = picked if random_losses is not None else np.concatenate([picked, rnd])
     out = train(batches)
     losses = np.asarray(out.losses if isinstance(out, RunSet) else out, np.float32)
+    if random_losses is not None:
+        losses = np.concatenate([losses, random_losses])
     final = losses[:, -1][:, targets].mean(axis=1)
     achieved = {n: float(final[i]) for i, n in enumerate(labels)}
     random_predicted = {n: make_objective(picks[n][0], L0, targets)(rnd) for n in labels}

@@ -9,7 +9,7 @@ the last test example, and the padding is dropped from the result.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -78,12 +78,8 @@ def map_over_test(
         treedef, [spec(a, leaf.ndim) for a, leaf in zip(axes_out, leaves)]
     )
     # Each shard runs independent per-test code; no replication checks are needed.
-    sharded = jax.shard_map(
-        fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
-    )
+    sharded = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
     out = jax.jit(sharded)(*padded, *shared)
     out_leaves = jax.tree_util.tree_leaves(out)
-    trimmed = [
-        jax.lax.slice_in_dim(x, 0, M, axis=a) for x, a in zip(out_leaves, axes_out)
-    ]
+    trimmed = [jax.lax.slice_in_dim(x, 0, M, axis=a) for x, a in zip(out_leaves, axes_out)]
     return jax.tree_util.tree_unflatten(treedef, trimmed)

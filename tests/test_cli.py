@@ -67,8 +67,26 @@ def test_fit_evaluate_simulate_report_on_a_saved_run_set(saved, capsys):
     assert set(table) >= {"linear", "additive", "constant", "mean", "shuffled"}
     assert all(np.isfinite(row["mse_mean"]) for row in table.values())
     curve = tmp / "cf.csv"
-    assert cli.main(["simulate", "--simulators", str(sims), "--name", "linear", "--runs",
-                     str(runs), "--run", "0", "--remove", "1,2,3,4", "--out", str(curve)]) == 0
+    assert (
+        cli.main(
+            [
+                "simulate",
+                "--simulators",
+                str(sims),
+                "--name",
+                "linear",
+                "--runs",
+                str(runs),
+                "--run",
+                "0",
+                "--remove",
+                "1,2,3,4",
+                "--out",
+                str(curve),
+            ]
+        )
+        == 0
+    )
     assert "given curriculum" in capsys.readouterr().out
     assert curve.read_text().startswith("curriculum,step,test_0")
     report = tmp / "report"

@@ -38,7 +38,12 @@ def test_experiments_layer_models_runs_simulators(name):
     runs, fit, _, exp = cli.configs()
     assert exp.output_dir
     if name == "paper_protocol":
-        assert (runs.num_runs, runs.subset_size, runs.batch_size, runs.num_steps) == (32, 128, 4, 96)
+        assert (runs.num_runs, runs.subset_size, runs.batch_size, runs.num_steps) == (
+            32,
+            128,
+            4,
+            96,
+        )
         assert (fit.num_fit, fit.num_val, fit.num_heldout) == (25, 2, 5)
     if name == "t5_tiny":
         assert runs.model == "t5" and runs.pretrain

@@ -141,3 +141,25 @@ def test_check_by_retraining_compares_picks_with_random(setup):
     assert row["achieved"] == pytest.approx(
         search.make_objective(truth, s["L0"], targets)(res.curriculum[None])[0], rel=1e-6
     )
+    # Random curricula trained already (e.g. the logged runs) are not trained again.
+    calls = []
+    rnd = s["random"][:20]
+    again = search.check_by_retraining(
+        {"linear/greedy": (s["sim"], res)},
+        lambda b: calls.append(len(b)) or train(b),
+        targets=targets,
+        L0=s["L0"],
+        random_curricula=rnd,
+        random_losses=train(rnd),
+    )
+    assert calls == [1]
+    assert again.rows()["linear/greedy"] == pytest.approx(row)
+    with pytest.raises(ValueError, match="random_losses has shape"):
+        search.check_by_retraining(
+            {"linear/greedy": (s["sim"], res)},
+            train,
+            targets=targets,
+            L0=s["L0"],
+            random_curricula=rnd,
+            random_losses=train(rnd)[:3],
+        )

@@ -47,7 +47,8 @@ Optional capabilities, detected with ``hasattr`` by the training methods that ne
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 
@@ -71,8 +72,6 @@ class Model(Protocol):
         """Returns ``float32[B]``: the loss of each example in ``batch``."""
         ...
 
-    def example_arrays(
-        self, texts: Sequence[str], targets: Sequence[Any]
-    ) -> dict[str, Any]:
+    def example_arrays(self, texts: Sequence[str], targets: Sequence[Any]) -> dict[str, Any]:
         """Returns fixed-shape arrays ``[N, ...]`` for N raw examples."""
         ...

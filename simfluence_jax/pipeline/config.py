@@ -9,7 +9,8 @@ protocol); ``gin_configs/`` holds the exact experiment settings.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 #: Every simulator the pipeline knows how to fit, in table order.
 FITTED = ("linear", "linear_one_plus_sum", "additive", "multiplicative")
@@ -41,9 +42,7 @@ class RunsConfig:
     task: str = "polarity"
     task_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     model: str = "minilm"
-    model_kwargs: Mapping[str, Any] = dataclasses.field(
-        default_factory=lambda: {"max_length": 48}
-    )
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"max_length": 48})
     pretrain: bool = False
     method: str = "top_layers"
     method_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"n_top": 1})

@@ -73,9 +73,8 @@ def gradient_context(setup, runs: RunSet, store_dir: Path, **kwargs):
     """Gradient scores (TracIn-CP, Grad-Dot, influence functions) from the checkpoints that
     the first fitting run saved, as TracIn-CP prescribes (one run's training trajectory)."""
     from simfluence_jax.gradients.context import GradientContext
-    from simfluence_jax.store import open_store
-
     from simfluence_jax.gradients.influence import InfluenceConfig
+    from simfluence_jax.store import open_store
 
     if isinstance(kwargs.get("influence"), dict):
         kwargs["influence"] = InfluenceConfig(**kwargs["influence"])
@@ -178,9 +177,9 @@ def counterfactual_vs_reality(setup, cf_cfg: CounterfactualConfig, sims, heldout
 
 
 def run_experiment(
-    runs_cfg: RunsConfig = RunsConfig(),
-    fit_cfg: FitConfig = FitConfig(),
-    cf_cfg: CounterfactualConfig = CounterfactualConfig(),
+    runs_cfg: RunsConfig | None = None,
+    fit_cfg: FitConfig | None = None,
+    cf_cfg: CounterfactualConfig | None = None,
     *,
     out_dir: str | Path = "outputs/quickstart",
     config_text: str = "",
@@ -196,6 +195,9 @@ def run_experiment(
     from simfluence_jax.pipeline.generate import generate_runs, prepare, store_name
     from simfluence_jax.reports import write_report
 
+    runs_cfg = runs_cfg or RunsConfig()
+    fit_cfg = fit_cfg or FitConfig()
+    cf_cfg = cf_cfg or CounterfactualConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     need = fit_cfg.num_fit + fit_cfg.num_val + fit_cfg.num_heldout
@@ -252,7 +254,9 @@ def run_experiment(
         "runs": f"{runs.num_runs} ({fit.num_runs} fit / {fit_cfg.num_val} validation / "
         f"{heldout.num_runs} held-out)",
         "chosen l2": ", ".join(
-            f"{n}={float(s.l2):g}" for n, s in sims.items() if np.isfinite(float(getattr(s, "l2", np.nan)))
+            f"{n}={float(s.l2):g}"
+            for n, s in sims.items()
+            if np.isfinite(float(getattr(s, "l2", np.nan)))
         ),
         "timings (s)": json.dumps({k: round(v, 1) for k, v in timings.items()}),
     }

@@ -36,7 +36,9 @@ class Simulator(abc.ABC):
         """The per-test-example parameters: a pytree whose leaves have leading axis ``M``."""
 
     @abc.abstractmethod
-    def coefficients(self, p: PyTree, batch: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def coefficients(
+        self, p: PyTree, batch: jax.Array, t: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
         """``(alpha, beta)`` scalars for one test example.
 
         Args:

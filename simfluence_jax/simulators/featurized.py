@@ -6,7 +6,7 @@ featurized simulator of GPTfluence (Chai, Liu et al., EMNLP 2024), here A and B 
 learned function of frozen embeddings ``x_i`` (training example) and ``z_j`` (test
 example), so any example with an embedding can be simulated:
 
-    u_i = P x~_i,   v_j = Q z~_j                       (x~, z~: standardised embeddings)
+    u_i = P x~_i,   v_j = Q z~_j     (x~, z~: standardised embeddings; Q = P if tied)
     h_ij = gelu(W_x^T u_i + W_z^T v_j + W_xz^T (u_i * v_j) + b_h)
     [A^(1)_ij, ..., A^(n)_ij, B_ij] = s * (W_out^T h_ij + b_out)
 
@@ -59,6 +59,7 @@ class FeaturizedSimulator(Simulator):
       l2: the weight decay it was fitted with (``nan`` if not fitted).
       order: Markov order n.
       out_scale: the fixed output scale s.
+      tied: ``v_j = P z~_j`` (one projection for both sides; ``Q`` is then unused).
       name: registry name.
     """
 
@@ -79,6 +80,7 @@ class FeaturizedSimulator(Simulator):
     l2: float = float("nan")
     order: int = struct.field(pytree_node=False, default=1)
     out_scale: float = struct.field(pytree_node=False, default=0.1)
+    tied: bool = struct.field(pytree_node=False, default=False)
     name: str = struct.field(pytree_node=False, default="featurized")
 
     # Parameters ------------------------------------------------------------------------
@@ -91,7 +93,7 @@ class FeaturizedSimulator(Simulator):
         x = self.train_features if train_features is None else jnp.asarray(train_features)
         z = self.test_features if test_features is None else jnp.asarray(test_features)
         u = ((x - self.x_shift) / self.x_scale) @ self.P  # [N, d]
-        v = ((z - self.z_shift) / self.z_scale) @ self.Q  # [M, d]
+        v = ((z - self.z_shift) / self.z_scale) @ (self.P if self.tied else self.Q)  # [M, d]
         pre = (
             (u @ self.W_x)[None, :, :]
             + (v @ self.W_z)[:, None, :]

@@ -3,9 +3,10 @@
 Solves (X^T X + l2 I) theta = X^T y for every test example without forming X^T X: the
 matvec gathers the parameters of each row's B ids, forms the row predictions and scatters
 them back (``common.predict_rows`` / ``scatter_rows``), so memory is O(N + rows) per test
-example. A block-Jacobi preconditioner (the exact 2x2 block of each id's A and B columns) removes
-the near-collinearity of those two columns. The iteration stops when every test example's relative residual
-``|r| / |X^T y|`` is below ``tol`` or after ``maxiter`` steps (Hestenes & Stiefel, 1952).
+example. A block-Jacobi preconditioner (the exact 2x2 block of each id's A and B columns)
+removes the near-collinearity of those two columns. The iteration stops when every test
+example's relative residual ``|r| / |X^T y|`` is below ``tol`` or after ``maxiter`` steps
+(Hestenes & Stiefel, 1952).
 """
 
 from __future__ import annotations

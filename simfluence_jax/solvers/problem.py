@@ -72,7 +72,7 @@ class RidgeProblem:
         )
 
     def split_theta(self, theta):
-        """Splits stacked unknowns ``[..., P]`` into ``(A, B)`` each ``[..., N]`` (zeros if unused)."""
+        """Splits unknowns ``[..., P]`` into ``(A, B)``, each ``[..., N]`` (zeros if unused)."""
         import jax.numpy as jnp
 
         N = self.num_train
