@@ -222,3 +222,16 @@ def test_clear_errors(small):
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         sj.fit_simulator("featurized", fit, features=(bad, feats[1]))
+
+
+def test_tied_projections_share_one_encoder(small):
+    fit, _, _, feats, _ = small
+    cfg = ff.FeaturizedConfig(tied=True)
+    sim = ff.init_simulator(*feats, cfg).replace(W_out=jnp.ones((64, 2)))
+    out = np.asarray(sim.pair_outputs())
+    np.testing.assert_array_equal(np.asarray(sim.replace(Q=sim.Q * 0.0).pair_outputs()), out)
+    assert not np.allclose(np.asarray(sim.replace(P=sim.P * 2.0).pair_outputs()), out)
+    fitted = sj.fit_simulator("featurized", fit, features=feats, tied=True, max_steps=100)
+    assert fitted.tied and np.all(np.isfinite(np.asarray(sj.rollout(fitted, fit.batches, fit.L0))))
+    with pytest.raises(ValueError, match="one width"):
+        sj.fit_simulator("featurized", fit, features=(feats[0], feats[1][:, :4]), tied=True)

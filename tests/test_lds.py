@@ -112,3 +112,14 @@ def test_run_lds_accepts_a_runset_and_checks_shapes(problem):
             subset_size=20,
             batch_size=4,
         )
+
+
+def test_subsets_drawn_from_part_of_the_pool():
+    ids = np.arange(10, 40, 2)
+    b = lds.subset_curricula(15, num_subsets=6, subset_size=8, batch_size=4, epochs=2, pool_ids=ids)
+    assert b.shape == (6, 4, 4)
+    assert np.isin(b, ids).all()
+    for run in b:
+        assert len(np.unique(run)) == 8  # 8 distinct examples, each seen twice
+    with pytest.raises(ValueError, match="pool_ids must be 15 distinct"):
+        lds.subset_curricula(15, num_subsets=2, subset_size=8, batch_size=4, pool_ids=ids[:5])
