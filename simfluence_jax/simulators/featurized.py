@@ -32,6 +32,8 @@ does not fit the first-order interface (its state is the last ``n`` losses); use
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -90,18 +92,11 @@ class FeaturizedSimulator(Simulator):
         Pass other ``train_features [N', Dx]`` / ``test_features [M', Dz]`` to evaluate the
         map on examples other than the stored ones.
         """
-        x = self.train_features if train_features is None else jnp.asarray(train_features)
-        z = self.test_features if test_features is None else jnp.asarray(test_features)
-        u = ((x - self.x_shift) / self.x_scale) @ self.P  # [N, d]
-        v = ((z - self.z_shift) / self.z_scale) @ (self.P if self.tied else self.Q)  # [M, d]
-        pre = (
-            (u @ self.W_x)[None, :, :]
-            + (v @ self.W_z)[:, None, :]
-            + jnp.einsum("nd,md,dh->mnh", u, v, self.W_xz)
-            + self.b_h
-        )
-        out = jax.nn.gelu(pre) @ self.W_out + self.b_out  # [M, N, n+1]
-        return self.out_scale * out
+        x = self.train_features if train_features is None else train_features
+        z = self.test_features if test_features is None else test_features
+        weights = {k: getattr(self, k) for k in ("x_shift", "x_scale", "z_shift", "z_scale")}
+        weights.update({k: getattr(self, k) for k in TRAINABLE})
+        return _pair_map(x, z, weights, out_scale=self.out_scale, tied=self.tied)
 
     def effects(self) -> tuple[jax.Array, jax.Array]:
         """``(A: float32[M, N, n], B: float32[M, N])`` of the stored pool and tests."""
@@ -163,6 +158,23 @@ class FeaturizedSimulator(Simulator):
         A, B = self.per_test()
         seen = jnp.ones(self.num_train, bool)
         return LinearSimulator(A=A, B=B, seen=seen, alpha0=1.0, name=self.name, l2=self.l2)
+
+
+@partial(jax.jit, static_argnames=("out_scale", "tied"))
+def _pair_map(x, z, w, *, out_scale: float, tied: bool) -> jax.Array:
+    """The pair map of the module docstring: ``x [N, Dx]``, ``z [M, Dz]`` -> ``[M, N, n+1]``.
+
+    Compiled, so the numbers do not depend on whether the fields are NumPy or JAX arrays.
+    """
+    u = ((x - w["x_shift"]) / w["x_scale"]) @ w["P"]  # [N, d]
+    v = ((z - w["z_shift"]) / w["z_scale"]) @ (w["P"] if tied else w["Q"])  # [M, d]
+    pre = (
+        (u @ w["W_x"])[None, :, :]
+        + (v @ w["W_z"])[:, None, :]
+        + jnp.einsum("nd,md,dh->mnh", u, v, w["W_xz"])
+        + w["b_h"]
+    )
+    return out_scale * (jax.nn.gelu(pre) @ w["W_out"] + w["b_out"])
 
 
 # Rollout of any order ----------------------------------------------------------------------
