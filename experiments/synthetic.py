@@ -34,7 +34,8 @@ def main(argv=None) -> Path:
     )  # fmt: skip
     fit, val, test = p.runs.split(30, 4, 6)
     print(f"runs: {p.runs}  split 30 fit / 4 validation / 6 held-out")
-    sims = sj.fit_all(sj.SIMULATORS.names(), fit, validation=val)
+    names = ["linear", "additive", "multiplicative", "constant", "mean", "shuffled"]
+    sims = sj.fit_all(names, fit, validation=val)
     rows = {"truth (noise floor)": sj.evaluate(p.truth, test), **sj.evaluate_all(sims, test)}
     table = sj.format_table(rows)
     print(table)

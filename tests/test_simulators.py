@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import simfluence_jax as sj
+import simfluence_jax.featurized_fit  # noqa: F401  (registers "featurized")
 import simfluence_jax.gradients.baselines  # noqa: F401  (registers the gradient simulators)
 from simfluence_jax import metrics
 from simfluence_jax.gradients.context import PrecomputedGradients

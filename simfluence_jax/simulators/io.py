@@ -18,6 +18,7 @@ import numpy as np
 
 from simfluence_jax.registry import Registry
 from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
+from simfluence_jax.simulators.featurized import FeaturizedSimulator
 from simfluence_jax.simulators.segmented import SegmentedSimulator
 
 FORMAT_NAME = "simfluence_jax.Simulator"
@@ -27,6 +28,7 @@ SIMULATOR_CLASSES: Registry[type] = Registry("simulator class")
 SIMULATOR_CLASSES.register("LinearSimulator")(LinearSimulator)
 SIMULATOR_CLASSES.register("MeanSimulator")(MeanSimulator)
 SIMULATOR_CLASSES.register("SegmentedSimulator")(SegmentedSimulator)
+SIMULATOR_CLASSES.register("FeaturizedSimulator")(FeaturizedSimulator)
 
 
 def save_simulator(sim, path: str | os.PathLike) -> Path:
