@@ -134,6 +134,10 @@ def cmd_generate(args) -> Path:
         progress=not args.no_progress, process_index=args.process_index,
         process_count=args.process_count,
     )  # fmt: skip
+    if args.process_count > 1:
+        print(f"process {args.process_index}: {runs.num_runs} runs complete so far; run "
+              "`simfluence generate` once more without --process_count when all are done")  # fmt: skip
+        return out
     path = runs.save(out / "runset", overwrite=True)
     print(f"{runs} saved to {path}")
     return path
