@@ -135,8 +135,10 @@ def cmd_generate(args) -> Path:
         process_count=args.process_count,
     )  # fmt: skip
     if args.process_count > 1:
-        print(f"process {args.process_index}: {runs.num_runs} runs complete so far; run "
-              "`simfluence generate` once more without --process_count when all are done")  # fmt: skip
+        print(
+            f"process {args.process_index}: {runs.num_runs} runs complete so far; run "
+            "`simfluence generate` once more without --process_count when all are done"
+        )
         return out
     path = runs.save(out / "runset", overwrite=True)
     print(f"{runs} saved to {path}")
