@@ -197,3 +197,19 @@ def test_rows_keep_line_numbers(tmp_path):
     path.write_text('\n{"text": " a ", "target": " b "}\n', encoding="utf-8")
     (row,) = task_files.read_jsonl(path)
     assert (row.line, row.text, row.target, row.split) == (2, "a", "b", None)
+
+
+def test_file_tasks_by_name_for_gin_and_the_cli(tmp_path):
+    import json
+
+    from simfluence_jax.data.tasks import get_task
+
+    path = tmp_path / "data.jsonl"
+    rows = [{"text": f"sentence {i}", "target": "yes" if i % 2 else "no",
+             "split": "test" if i < 2 else "train"} for i in range(6)]  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    task = get_task("jsonl", path=str(path))
+    assert len(task.train_texts) == 4 and len(task.test_texts) == 2
+    assert task.train_targets[0] == "no"
+    with pytest.raises(ValueError, match="path="):
+        get_task("tsv")

@@ -278,3 +278,22 @@ def register_jsonl_task(name: str, **kwargs: Any) -> Task:
 def register_tsv_task(name: str, **kwargs: Any) -> Task:
     """``register_task_file(name, format="tsv", ...)``; a header row names the columns."""
     return register_task_file(name, format="tsv", **kwargs)
+
+
+@TASKS.register("jsonl")
+def jsonl_file(**kwargs: Any) -> Task:
+    """A task read from JSONL at run time: ``get_task("jsonl", path="data.jsonl")`` (or
+    ``train_path=`` and ``test_path=``); the other options are :func:`load_task_file`'s.
+
+    This is how a gin file or the command line names a user's task:
+    ``RunsConfig.task = 'jsonl'`` with ``RunsConfig.task_kwargs = {'path': 'data.jsonl'}``.
+    """
+    name = kwargs.pop("name", "jsonl")
+    return load_task_file(name, format="jsonl", **kwargs)
+
+
+@TASKS.register("tsv")
+def tsv_file(**kwargs: Any) -> Task:
+    """Like :func:`jsonl_file`, for a TSV file with a header row."""
+    name = kwargs.pop("name", "tsv")
+    return load_task_file(name, format="tsv", **kwargs)
