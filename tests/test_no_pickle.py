@@ -54,8 +54,15 @@ def test_no_pickle_in_sources():
     assert not found, "pickle-based loading found:\n" + "\n".join(found)
 
 
-def test_task_loading_never_opens_a_pickle(monkeypatch):
+def test_task_loading_never_opens_a_pickle(monkeypatch, tmp_path):
     opened = []
+    # The file tasks read the user's file: give them one of each format.
+    (tmp_path / "t.jsonl").write_text(
+        '{"text": "a", "target": "x", "split": "train"}\n'
+        '{"text": "b", "target": "y", "split": "test"}\n'
+    )
+    (tmp_path / "t.tsv").write_text("text\ttarget\tsplit\na\tx\ttrain\nb\ty\ttest\n")
+    file_kwargs = {"jsonl": {"path": tmp_path / "t.jsonl"}, "tsv": {"path": tmp_path / "t.tsv"}}
 
     def watch(real):
         def wrapped(file, *args, **kwargs):
@@ -69,7 +76,7 @@ def test_task_loading_never_opens_a_pickle(monkeypatch):
     monkeypatch.setattr(io, "open", watch(io.open))
     monkeypatch.setattr(os, "open", watch(os.open))
     for name in tasks.TASKS.names():
-        tasks.get_task(name)
+        tasks.get_task(name, **file_kwargs.get(name, {}))
     gensim_text.read_polarity()
     gensim_text.read_lee_background()
     names = [Path(p).name for p in opened]
