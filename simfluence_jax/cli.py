@@ -19,6 +19,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -166,7 +167,7 @@ def cmd_fit(args) -> Path:
     skipped = [n for n in fit_cfg.simulators if n in cfgs.GRADIENT]
     if skipped:
         print(f"note: {', '.join(skipped)} need the model and checkpoints; use `simfluence run`")
-    sims = fit_simulators(fit_cfg.__class__(**{**fit_cfg.__dict__, "simulators": names}), fit, val)
+    sims = fit_simulators(dataclasses.replace(fit_cfg, simulators=names), fit, val)
     out = Path(args.out)
     for name, sim in sims.items():
         save_simulator(sim, out / name)
@@ -263,7 +264,7 @@ def cmd_simulate(args) -> np.ndarray:
 
 
 def cmd_report(args) -> Path:
-    from simfluence_jax.evaluation import evaluate, predict
+    from simfluence_jax.evaluation import predict
     from simfluence_jax.pipeline.experiment import group_of
     from simfluence_jax.reports import write_report
 
@@ -281,7 +282,6 @@ def cmd_report(args) -> Path:
     out = write_report(
         args.out, heldout=heldout,
         predictions={n: predict(s, heldout) for n, s in sims.items()},
-        table={n: evaluate(s, heldout) for n, s in sims.items()},
         groups={n: group_of(n) for n in sims}, config_text=operative_config(), title=exp.title,
     )  # fmt: skip
     print(f"Report: {Path(out) / 'report.md'}")

@@ -16,16 +16,21 @@ def predict(sim, runs: RunSet, *, mesh=None) -> np.ndarray:
     return np.asarray(rollout(sim, runs.batches, runs.L0, mesh=mesh))
 
 
-def evaluate(sim, runs: RunSet, *, mesh=None) -> dict[str, float]:
-    """The metrics of ``metrics.summary`` for ``sim`` on ``runs``, plus the fraction of
-    diverged trajectories (which are excluded from nothing: a diverging simulator scores
-    badly, as it should)."""
-    pred = predict(sim, runs, mesh=mesh)
+def score(pred, runs: RunSet) -> dict[str, float]:
+    """``metrics.summary`` of predicted trajectories ``float[R, T+1, M]`` against ``runs``'
+    losses, plus the fraction of diverged trajectories. Non-finite predictions count as +inf
+    (they are excluded from nothing: a diverging simulator scores badly, as it should)."""
+    pred = np.asarray(pred)
     bad = diverged(pred, runs.L0)
     with np.errstate(over="ignore", invalid="ignore"):
         row = metrics.summary(np.where(np.isfinite(pred), pred, np.inf), runs.losses)
     row["diverged_fraction"] = float(bad.mean())
     return row
+
+
+def evaluate(sim, runs: RunSet, *, mesh=None) -> dict[str, float]:
+    """``score`` of ``sim``'s rollout of ``runs``."""
+    return score(predict(sim, runs, mesh=mesh), runs)
 
 
 def evaluate_all(sims: Mapping[str, object], runs: RunSet, *, mesh=None) -> dict[str, dict]:

@@ -53,7 +53,12 @@ def _ridge_fit(
     solver: str,
     mesh,
     dtype=np.float32,
+    gradients=None,
+    features=None,
 ) -> LinearSimulator:
+    # ``gradients`` and ``features`` belong to other simulators; accepting them here lets
+    # one ``fit_all`` call fit ridge, gradient and featurized simulators together.
+    del gradients, features
     if l2 is None:
         l2 = DEFAULT_L2_GRID if validation is not None else DEFAULT_L2
     grid = np.atleast_1d(np.asarray(l2, np.float64))

@@ -158,3 +158,11 @@ def test_shuffled_control_is_a_permutation_of_linear(problem, fitted):
     A, S = np.asarray(lin.A), np.asarray(shuf.A)
     np.testing.assert_allclose(np.sort(A, axis=1), np.sort(S, axis=1))
     assert not np.allclose(A, S)
+
+
+def test_fit_all_mixes_ridge_and_gradient_simulators(problem):
+    _, fit, val, test = problem
+    kw = _fit_kwargs("tracin_cp", fit)
+    sims = sj.fit_all(["linear", "constant", "tracin_cp_calibrated"], fit, validation=val, **kw)
+    assert set(sims) == {"linear", "constant", "tracin_cp_calibrated"}
+    assert all(np.isfinite(sj.evaluate(s, test)["mse_mean"]) for s in sims.values())

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from simfluence_jax import counterfactuals as cf
-from simfluence_jax.evaluation import evaluate, predict
+from simfluence_jax.evaluation import predict, score
 from simfluence_jax.fitting import fit_simulator
 from simfluence_jax.pipeline.config import (
     CONTROLS,
@@ -232,7 +232,7 @@ def run_experiment(
 
     t0 = time.perf_counter()
     predictions = {name: predict(sim, heldout, mesh=mesh) for name, sim in sims.items()}
-    table = {name: evaluate(sim, heldout, mesh=mesh) for name, sim in sims.items()}
+    table = {name: score(pred, heldout) for name, pred in predictions.items()}
     timings["evaluate_s"] = time.perf_counter() - t0
 
     counterfactual = None

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from simfluence_jax import metrics
+from simfluence_jax import evaluation, metrics
 from simfluence_jax.reports import plots
 from simfluence_jax.reports.counterfactual import Counterfactual
 from simfluence_jax.rollout import DIVERGENCE_FACTOR, diverged
@@ -76,15 +76,9 @@ def score_predictions(pred, heldout: RunSet) -> dict[str, float]:
     """``metrics.summary`` of ``pred: float[R, T+1, M]`` against the held-out losses, plus
     ``diverged_fraction`` (share of (run, test example) trajectories that diverged).
 
-    Non-finite predictions count as +inf, as in ``evaluation.evaluate``.
+    Non-finite predictions count as +inf (``evaluation.score``, which this is).
     """
-    pred = np.asarray(pred, np.float64)
-    bad = diverged(pred, heldout.L0)
-    with np.errstate(over="ignore", invalid="ignore"):
-        safe = np.where(np.isfinite(pred), pred, np.inf)
-        row = metrics.summary(safe if bad.any() else pred, heldout.losses)
-    row["diverged_fraction"] = float(bad.mean())
-    return row
+    return evaluation.score(pred, heldout)
 
 
 def _check_predictions(predictions, heldout: RunSet) -> dict[str, np.ndarray]:

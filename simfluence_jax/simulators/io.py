@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from simfluence_jax.registry import Registry
-from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
 from simfluence_jax.simulators.featurized import FeaturizedSimulator
+from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
 from simfluence_jax.simulators.segmented import SegmentedSimulator
 
 FORMAT_NAME = "simfluence_jax.Simulator"
