@@ -6,7 +6,9 @@ evaluated on M test examples (DESIGN.md section 2):
 * ``batches: int32[R, T, B]``, training-example ids; ``-1`` pads a ragged batch, and an id
   repeated inside a batch counts twice;
 * ``losses: float32[R, T+1, M]``; row 0 is L_0, the losses before any update, row t the
-  losses right after step t.
+  losses right after step t;
+* optionally ``learning_rates: float32[R, T]``, the learning rate of every step of every run
+  (what ``lr_scaled`` simulators need, DESIGN.md section 3b).
 
 Run sets are saved as a directory holding ``arrays.npz`` (plain numeric and unicode arrays,
 read with ``allow_pickle=False``) and ``meta.json`` (format version, ids, free metadata),
@@ -45,6 +47,31 @@ def _as_id_array(values: Sequence[Any] | None, n: int, what: str) -> np.ndarray:
     return arr
 
 
+def check_learning_rates(learning_rates, num_runs: int, num_steps: int) -> np.ndarray:
+    """``float32[R, T]`` learning rates, checked: the right shape, finite and >= 0."""
+    lr = np.asarray(learning_rates)
+    if lr.dtype.kind not in "iuf":
+        raise ValueError(f"learning_rates must be numbers, got dtype {lr.dtype}")
+    lr = lr.astype(np.float32)
+    if lr.shape != (num_runs, num_steps):
+        raise ValueError(
+            f"learning_rates must have shape [R, T] = [{num_runs}, {num_steps}] (one rate per "
+            f"step of every run), got shape {lr.shape}"
+        )
+    if not np.all(np.isfinite(lr)):
+        bad = np.argwhere(~np.isfinite(lr))[0]
+        raise ValueError(
+            f"learning_rates contain NaN or infinite values (first at run "
+            f"{bad[0]}, step {bad[1] + 1})"
+        )
+    if np.any(lr < 0):
+        bad = np.argwhere(lr < 0)[0]
+        raise ValueError(
+            f"learning_rates must be >= 0, got {lr[tuple(bad)]} at run {bad[0]}, step {bad[1] + 1}"
+        )
+    return lr
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class RunSet:
     """R training runs: their curricula and every test example's loss after every step.
@@ -56,8 +83,9 @@ class RunSet:
         ``max(batches) + 1``.
       train_ids: ``[N]`` names of the training examples (ints or strings); defaults to 0..N-1.
       test_ids: ``[M]`` names of the test examples; defaults to 0..M-1.
-      metadata: JSON-serialisable free-form information (texts, learning-rate schedule,
-        seed, model and config that made the runs).
+      metadata: JSON-serialisable free-form information (texts, seed, model and config that
+        made the runs).
+      learning_rates: optional ``float32[R, T]``, each step's learning rate (finite, >= 0).
 
     Raises:
       ValueError: naming the problem, for shapes that disagree, ids out of range, NaN or
@@ -70,6 +98,7 @@ class RunSet:
     train_ids: np.ndarray | None = None
     test_ids: np.ndarray | None = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    learning_rates: np.ndarray | None = None
 
     def __post_init__(self):
         batches = np.asarray(self.batches)
@@ -132,7 +161,11 @@ class RunSet:
             json.dumps(self.metadata)
         except TypeError as e:
             raise ValueError(f"metadata must be JSON-serialisable: {e}") from None
+        learning_rates = self.learning_rates
+        if learning_rates is not None:
+            learning_rates = check_learning_rates(learning_rates, R, T)
         set_ = object.__setattr__
+        set_(self, "learning_rates", learning_rates)
         set_(self, "batches", batches.astype(np.int32))
         set_(self, "losses", losses.astype(np.float32))
         set_(self, "num_train", num_train)
@@ -178,8 +211,13 @@ class RunSet:
         for key in PER_RUN_KEYS:
             if isinstance(meta.get(key), list) and len(meta[key]) == self.num_runs:
                 meta[key] = [meta[key][i] for i in idx]
+        lr = None if self.learning_rates is None else self.learning_rates[idx]
         return dataclasses.replace(
-            self, batches=self.batches[idx], losses=self.losses[idx], metadata=meta
+            self,
+            batches=self.batches[idx],
+            losses=self.losses[idx],
+            metadata=meta,
+            learning_rates=lr,
         )
 
     def select_test(self, test: Sequence[int] | np.ndarray) -> RunSet:
@@ -229,6 +267,13 @@ class RunSet:
                     f"run set {i} has steps x batch {rs.batches.shape[1:]}, run set 0 has "
                     f"{first.batches.shape[1:]}"
                 )
+        has_lr = [r.learning_rates is not None for r in runsets]
+        if any(has_lr) and not all(has_lr):
+            raise ValueError(
+                f"run sets {[i for i, h in enumerate(has_lr) if not h]} have no learning rates "
+                "but others do; give every run set its schedule or none"
+            )
+        lr = np.concatenate([r.learning_rates for r in runsets]) if all(has_lr) else None
         meta = dict(first.metadata)
         for key in PER_RUN_KEYS:
             parts = [r.metadata.get(key) for r in runsets]
@@ -241,6 +286,7 @@ class RunSet:
             batches=np.concatenate([r.batches for r in runsets]),
             losses=np.concatenate([r.losses for r in runsets]),
             metadata=meta,
+            learning_rates=lr,
         )
 
     def used_ids(self) -> np.ndarray:
@@ -262,6 +308,8 @@ class RunSet:
             arrays = {"batches": self.batches, "losses": self.losses}
             for key in ("train_ids", "test_ids"):
                 arrays[key] = getattr(self, key)
+            if self.learning_rates is not None:
+                arrays["learning_rates"] = self.learning_rates
             np.savez(tmp / "arrays.npz", **arrays)
             meta = {
                 "format": FORMAT_NAME,
@@ -320,4 +368,5 @@ class RunSet:
             train_ids=arrays["train_ids"],
             test_ids=arrays["test_ids"],
             metadata=meta.get("metadata", {}),
+            learning_rates=arrays.get("learning_rates"),
         )

@@ -522,7 +522,8 @@ def collect(store_dir: str | Path, *, require_all: bool = False):
     Returns:
       A ``simfluence_jax.runs.RunSet`` of the complete runs in run order; its metadata holds
       the store metadata plus ``runs`` (store indices), ``seeds``, ``learning_rates``
-      (``[T]``, the schedule eta_1..eta_T) and ``git_revisions``.
+      (``[T]``, the schedule eta_1..eta_T of the first run) and ``git_revisions``; its
+      ``learning_rates`` array holds every run's schedule, ``[R, T]``.
     """
     from simfluence_jax.runs import RunSet
 
@@ -545,6 +546,10 @@ def collect(store_dir: str | Path, *, require_all: bool = False):
         git_revisions=sorted({m.get("git_revision", "unknown") for m in metas}),
         store=str(store.path),
     )
+    rates = [m.get("learning_rates") for m in metas]
+    learning_rates = None
+    if all(r is not None and len(r) == store.batches.shape[1] for r in rates):
+        learning_rates = np.asarray(rates, np.float32)
     return RunSet(
         batches=store.batches[done],
         losses=losses,
@@ -552,6 +557,7 @@ def collect(store_dir: str | Path, *, require_all: bool = False):
         train_ids=store.train_ids,
         test_ids=store.test_ids,
         metadata=metadata,
+        learning_rates=learning_rates,
     )
 
 
