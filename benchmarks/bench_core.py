@@ -13,12 +13,20 @@ where it fits in memory; a Python/NumPy rollout loop over steps and test example
 NumPy rollout vectorised over test examples. Where a baseline would run for too long it is
 timed on a few test examples and scaled up linearly, and the table says so.
 
-Run: ``python -m benchmarks.bench_core [--size gptfluence|large|tiny|all]``.
+The optimizer kernel (``--kernel``, on the GPTfluence-sized problem drawn from the kernel
+law with mu = 0.8 and a warm-up/decay schedule): one plain fit, one kernel fit, the 7-value
+l2 path, the 20 x 7 (mu, l2) grid of ``momentum="auto"`` with validation rollouts, against
+the fastest NumPy closed form of the same fit we could write (normal equations scattered
+with a sparse pair matrix, as ``np.bincount`` would, then one batched
+``numpy.linalg.solve``), and the rollout of 1,000 curricula at once.
+
+Run: ``python -m benchmarks.bench_core [--size gptfluence|large|tiny|all] [--kernel]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -179,18 +187,127 @@ def run_size(name: str) -> list[dict]:
     return rows
 
 
+def numpy_scatter_closed_form(problem: RidgeProblem, l2: float) -> np.ndarray:
+    """Plain Simfluence-Linear normal equations for all test examples by scatters (a sparse
+    (pair -> N*N) matrix applied to per-row weights, what ``np.bincount`` does per test
+    example), then one batched ``numpy.linalg.solve``: ``theta [M, 2N]``."""
+    from scipy import sparse
+
+    ids = problem.ids.reshape(-1, problem.ids.shape[-1])  # [S, B]
+    S, Bsz = ids.shape
+    N, M = problem.num_train, problem.num_test
+    valid = ids >= 0
+    a = np.repeat(ids, Bsz, axis=1)  # [S, B*B] row id of each slot pair
+    b = np.tile(ids, (1, Bsz))
+    keep = (np.repeat(valid, Bsz, axis=1) & np.tile(valid, (1, Bsz))).reshape(-1)
+    pair = (a * N + b).reshape(-1)[keep]
+    row = np.repeat(np.arange(S), Bsz * Bsz)[keep]
+    P = sparse.csr_matrix((np.ones(pair.size), (row, pair)), shape=(S, N * N))  # rows -> pairs
+    slot = sparse.csr_matrix(
+        (
+            valid.reshape(-1).astype(float),
+            (np.repeat(np.arange(S), Bsz), np.maximum(ids, 0).reshape(-1)),
+        ),
+        shape=(S, N),
+    )  # rows -> ids
+    Lp = problem.Lp.reshape(M, -1).astype(np.float64)  # [M, S]
+    y = problem.y.reshape(M, -1).astype(np.float64)
+    G_AA = (P.T @ (Lp * Lp).T).T.reshape(M, N, N)
+    G_AB = (P.T @ Lp.T).T.reshape(M, N, N)
+    G_BB = np.asarray(P.sum(axis=0)).reshape(N, N)
+    G = np.empty((M, 2 * N, 2 * N))
+    G[:, :N, :N], G[:, :N, N:], G[:, N:, :N], G[:, N:, N:] = G_AA, G_AB, G_AB, G_BB
+    G[:, np.arange(2 * N), np.arange(2 * N)] += l2
+    r = np.concatenate([(slot.T @ (Lp * y).T).T, (slot.T @ y.T).T], axis=1)
+    return np.linalg.solve(G, r[..., None])[..., 0]
+
+
+def run_kernel() -> list[dict]:
+    """The optimizer kernel's fits against the plain fit and the NumPy closed form."""
+    cfg = SIZES["gptfluence"]
+    p = make_problem(num_runs=FIT_RUNS + 2 + 5, batch_size=4, noise=0.01, seed=0,
+                     num_train=cfg["num_train"], num_test=cfg["num_test"],
+                     subset=cfg["subset"], epochs=cfg["epochs"])  # fmt: skip
+    T = p.runs.num_steps
+    t = np.arange(1, T + 1)
+    eta = 0.1 * np.where(t <= 8, t / 8, 1.0 - 0.9 * (t - 8) / (T - 8))
+    runs = dataclasses.replace(
+        p.runs, learning_rates=np.tile(eta.astype(np.float32), (p.runs.num_runs, 1))
+    )
+    fit, val, test = runs.split(FIT_RUNS, 2, 5)
+    problem = RidgeProblem.from_runs(fit)
+    M, N = problem.num_test, problem.num_train
+    name = "gptfluence-kernel"
+    print(f"\n## {name}: N={N} M={M} fit runs={fit.num_runs} T={fit.num_steps} B=4")
+    rows = []
+
+    def fit_plain():
+        return sj.fit_simulator("linear", fit, l2=L2)
+
+    def fit_kernel():
+        return sj.fit_simulator("linear", fit, l2=L2, momentum=0.8, lr_scaled=True)
+
+    def l2_path():
+        return sj.fit_simulator("linear", fit, validation=val)
+
+    def grid():
+        return sj.fit_simulator("linear", fit, validation=val, momentum="auto", lr_scaled=True)
+
+    base = None
+    for label, fn, repeat in (
+        ("one plain fit", fit_plain, 3),
+        ("one kernel fit (mu=0.8, lr_scaled)", fit_kernel, 3),
+        ("7-value l2 path + validation rollouts", l2_path, 2),
+        ("20 x 7 (mu, l2) grid + validation rollouts", grid, 1),
+    ):
+        fn()  # compile
+        secs, sim = timeit(fn, repeat=repeat)
+        base = base or secs
+        rows.append(dict(problem=name, task="fit", method=f"simfluence_jax: {label}",
+                         seconds=secs, x_one_fit=secs / base,
+                         heldout_mse=metrics.all_steps_mse(sj.predict(sim, test),
+                                                           test.losses)[0]))  # fmt: skip
+    np_s, theta = timeit(lambda: numpy_scatter_closed_form(problem, L2), repeat=2)
+    sim = fit_plain()
+    ref = np.concatenate([np.asarray(sim.A), np.asarray(sim.B)], 1)
+    rel = float(np.abs(theta - ref).max() / np.abs(theta).max())
+    rows.append(dict(problem=name, task="fit", method="NumPy scatter closed form (plain)",
+                     seconds=np_s, x_one_fit=np_s / base, max_rel_param_diff=rel))  # fmt: skip
+
+    # Rollout of 1,000 curricula at once.
+    rng = np.random.default_rng(1)
+    curricula = fit.batches[rng.integers(0, fit.num_runs, 1000)]
+    curricula = np.stack([c[rng.permutation(T)] for c in curricula])
+    rates = np.tile(eta.astype(np.float32), (1000, 1))
+    L0 = np.tile(test.L0[:1], (1000, 1))
+    kernel = fit_kernel()
+    for label, sim_ in (("plain", sim), ("kernel", kernel)):
+        sj.rollout(sim_, curricula, L0, learning_rates=rates).block_until_ready()
+        secs, _ = timeit(
+            lambda s=sim_: sj.rollout(s, curricula, L0, learning_rates=rates).block_until_ready(),
+            repeat=3,
+        )
+        method = f"simfluence_jax: 1,000 curricula, {label}"
+        rows.append(dict(problem=name, task="rollout", method=method, seconds=secs))
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="all", choices=[*SIZES, "all"])
+    parser.add_argument("--size", default="all", choices=[*SIZES, "all", "none"])
+    parser.add_argument("--kernel", action="store_true", help="also the optimizer-kernel fits")
     args = parser.parse_args(argv)
-    names = ["gptfluence", "large"] if args.size == "all" else [args.size]
+    names = {"all": ["gptfluence", "large"], "none": []}.get(args.size, [args.size])
     rows = []
     for n in names:
         rows += run_size(n)
-    cols = ["problem", "task", "method", "seconds", "speedup", "max_rel_param_diff",
-            "max_abs_diff", "heldout_mse", "compile_s", "note"]  # fmt: skip
+    if args.kernel:
+        rows += run_kernel()
+    cols = ["problem", "task", "method", "seconds", "speedup", "x_one_fit",
+            "max_rel_param_diff", "max_abs_diff", "heldout_mse", "compile_s", "note"]  # fmt: skip
     print(table(rows, cols))
-    path = write(f"bench_core_{args.size}", {"l2": L2, "rows": rows})
+    suffix = args.size + ("_kernel" if args.kernel else "")
+    path = write(f"bench_core_{suffix}", {"l2": L2, "rows": rows})
     print(f"\nwrote {path}")
     return rows
 

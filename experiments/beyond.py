@@ -46,7 +46,6 @@ from simfluence_jax.pipeline.config import RunsConfig
 from simfluence_jax.reports.writer import score_predictions
 from simfluence_jax.rollout import UnseenExampleWarning
 from simfluence_jax.sampling import sample_curricula
-from simfluence_jax.simulators.featurized import rollout_any
 
 RIDGE = ("linear", "linear_one_plus_sum", "additive", "multiplicative", "shuffled")
 CONTROLS = ("constant", "mean")
@@ -142,7 +141,7 @@ def group_of(name: str) -> str:
 
 
 def predictions(sims, runs) -> dict[str, np.ndarray]:
-    return {n: np.asarray(rollout_any(s, runs.batches, runs.L0)) for n, s in sims.items()}
+    return {n: sj.predict(s, runs) for n, s in sims.items()}
 
 
 def score(sims, runs) -> dict[str, dict[str, float]]:

@@ -245,10 +245,13 @@ def cmd_simulate(args) -> np.ndarray:
     runs = _load_runs(args.runs) if args.runs else None
     base, edited = _curriculum(args, runs)
     if runs is not None:
-        L0 = runs.L0[args.run if not args.curriculum else 0]
+        r = args.run if not args.curriculum else 0
+        L0 = runs.L0[r]
     else:
         raise ValueError("--runs is needed for the starting losses L_0")
-    traj = simulate(sim, cf.stack([base, edited]), L0)
+    both = cf.stack([base, edited])
+    rates = None if runs.learning_rates is None else runs.learning_rates[r]
+    traj = simulate(sim, both, L0, learning_rates=cf.keep_schedule(rates, both.shape[1]))
     T0, T1 = base.shape[0], edited.shape[0]
     before, after = traj[0, T0], traj[1, T1]
     print(f"{args.name}: mean final test loss {before.mean():.4f} (given curriculum) -> "

@@ -133,3 +133,16 @@ def stack(curricula: Sequence) -> np.ndarray:
     for i, c in enumerate(cs):
         out[i, : c.shape[0]] = c
     return out
+
+
+def keep_schedule(learning_rates, num_steps: int) -> np.ndarray | None:
+    """The logged schedule ``float[..., T]`` for an edited curriculum of ``num_steps`` steps:
+    its first ``num_steps`` rates, extended with the last rate when the edit made the
+    curriculum longer. ``None`` stays ``None`` (the run has no logged rates)."""
+    if learning_rates is None:
+        return None
+    lr = np.asarray(learning_rates, np.float32)
+    if lr.shape[-1] >= num_steps:
+        return lr[..., :num_steps]
+    extra = np.repeat(lr[..., -1:], num_steps - lr.shape[-1], axis=-1)
+    return np.concatenate([lr, extra], axis=-1)

@@ -12,8 +12,11 @@ from simfluence_jax.runs import RunSet
 
 
 def predict(sim, runs: RunSet, *, mesh=None) -> np.ndarray:
-    """``float32[R, T+1, M]``: ``sim``'s rollout of every run's curriculum from its L_0."""
-    return np.asarray(rollout(sim, runs.batches, runs.L0, mesh=mesh))
+    """``float32[R, T+1, M]``: ``sim``'s rollout of every run's curriculum from its L_0
+    (under the run's learning rates, for ``lr_scaled`` simulators)."""
+    return np.asarray(
+        rollout(sim, runs.batches, runs.L0, learning_rates=runs.learning_rates, mesh=mesh)
+    )
 
 
 def score(pred, runs: RunSet) -> dict[str, float]:
@@ -45,11 +48,15 @@ def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
         ("mae", "all-steps MAE"),
         ("final_spearman", "final-step Spearman"),
         ("change_spearman", "change Spearman"),
+        ("per_example_spearman", "per-example Spearman across runs"),
     ]
     head = "| simulator | " + " | ".join(c[1] for c in cols) + " |"
     sep = "|---" * (len(cols) + 1) + "|"
     lines = [head, sep]
     for name, row in rows.items():
-        cells = [f"{row[f'{k}_mean']:.4g} ± {row[f'{k}_std']:.2g}" for k, _ in cols]
+        cells = [
+            f"{row[f'{k}_mean']:.4g} ± {row[f'{k}_std']:.2g}" if f"{k}_mean" in row else "n/a"
+            for k, _ in cols
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

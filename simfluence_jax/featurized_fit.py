@@ -31,13 +31,13 @@ import numpy as np
 import optax
 
 from simfluence_jax.fitting import SIMULATORS
+from simfluence_jax.rollout import rollout
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.base import batch_mask
 from simfluence_jax.simulators.featurized import (
     TRAINABLE,
     FeaturizedSimulator,
     markov_update,
-    rollout_markov,
 )
 
 #: Weight decay used when none is given.
@@ -194,7 +194,7 @@ def train_chunk(params, opt_state, sim, data, l2, *, cfg: FeaturizedConfig, step
 def rollout_mse(params, sim, batches, losses) -> jax.Array:
     """All-steps MSE of the rollout on runs ``batches [R, T, Bsz]``, ``losses [R, T+1, M]``
     (inf if non-finite)."""
-    pred = rollout_markov(sim.replace(**params), batches, losses[:, 0])
+    pred = rollout(sim.replace(**params), batches, losses[:, 0])
     mse = jnp.mean((pred[:, 1:] - losses[:, 1:]) ** 2)
     return jnp.where(jnp.isfinite(mse), mse, jnp.inf)
 

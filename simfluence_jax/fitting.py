@@ -1,22 +1,30 @@
-"""Fitting simulators from logged runs, with l2 chosen on validation runs.
+"""Fitting simulators from logged runs, with l2 (and the kernel's mu) chosen on validation runs.
 
 ``fit_simulator(name, runs, ...)`` looks the name up in ``SIMULATORS`` and returns a fitted
 simulator (a pytree). The ridge-based ones (``linear``, ``additive``, ``multiplicative``,
-``shuffled``) solve the teacher-forced regression of DESIGN.md section 4 exactly; when
-several l2 values are given (or ``l2=None`` with validation runs) each is fitted and the one
-whose rollout on the validation runs has the lowest all-steps MSE wins (not the one-step
-error, which rewards fits that drift when fed their own predictions).
+``shuffled``) solve the teacher-forced regression of docs/design.md ("Fitting") exactly,
+optionally with the optimizer kernel's rows (``momentum``, ``lr_scaled``). When several l2
+values are given (or ``l2=None`` with validation runs) the whole l2 path is solved at once
+(the normal equations are shared) and the value whose rollout on the validation runs has the
+lowest all-steps MSE wins (not the one-step error, which rewards fits that drift when fed
+their own predictions). ``momentum="auto"`` does the same over a grid of mu, so the choice
+costs one solve of the l2 path per mu.
+
+Every fitter declares its keywords; ``fit_simulator`` rejects unknown ones by name, and
+``fit_all`` passes each fitter only the keywords it declares.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from simfluence_jax import metrics
 from simfluence_jax.registry import Registry
-from simfluence_jax.rollout import rollout
+from simfluence_jax.rollout import rollout, teacher_forced
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
 from simfluence_jax.solvers import RidgeProblem, solve_ridge
@@ -27,18 +35,97 @@ SIMULATORS: Registry[Callable[..., object]] = Registry("simulator")
 DEFAULT_L2 = 1e-2
 #: l2 grid searched when validation runs are given and l2 is None.
 DEFAULT_L2_GRID = tuple(float(x) for x in np.logspace(-4, 2, 7))
+#: mu grid searched by ``momentum="auto"``: 0, 0.05, ..., 0.95.
+MOMENTUM_GRID = tuple(round(0.05 * k, 2) for k in range(20))
 
 ALPHA_FORMS = {"sum": 0.0, "one_plus_sum": 1.0}
 
 
 def rollout_mse(sim, runs: RunSet, *, mesh=None) -> float:
     """All-steps MSE of ``sim``'s rollout on ``runs`` (inf if it diverges)."""
-    pred = np.asarray(rollout(sim, runs.batches, runs.L0, mesh=mesh))
+    pred = np.asarray(
+        rollout(sim, runs.batches, runs.L0, learning_rates=runs.learning_rates, mesh=mesh)
+    )
     if not np.all(np.isfinite(pred)):
         return float("inf")
     with np.errstate(over="ignore", invalid="ignore"):
         mse = metrics.all_steps_mse(pred, runs.losses)[0]
     return mse if np.isfinite(mse) else float("inf")
+
+
+def path_mse(sims: LinearSimulator, K: int, runs: RunSet, *, mesh=None) -> np.ndarray:
+    """``float[K]`` all-steps validation MSE of K Linear simulators stacked along the test
+    axis (``A: [K*M, N]``), rolled out together in one call (inf where one diverges)."""
+    M = runs.num_test
+    L0 = np.tile(runs.L0, (1, K))
+    pred = np.asarray(
+        rollout(sims, runs.batches, L0, learning_rates=runs.learning_rates, mesh=mesh)
+    )
+    pred = pred.reshape(pred.shape[:2] + (K, M))
+    err = (pred[:, 1:] - runs.losses[:, 1:, None, :]) ** 2
+    with np.errstate(over="ignore", invalid="ignore"):
+        mse = np.mean(err, axis=(0, 1, 3))
+    finite = np.all(np.isfinite(pred), axis=(0, 1, 3))
+    return np.where(finite & np.isfinite(mse), mse, np.inf)
+
+
+def _l2_grid(l2, validation) -> np.ndarray:
+    if l2 is None:
+        l2 = DEFAULT_L2_GRID if validation is not None else DEFAULT_L2
+    grid = np.atleast_1d(np.asarray(l2, np.float64))
+    if grid.ndim != 1 or grid.size == 0:
+        raise ValueError(f"l2 must be a float or a non-empty 1-D sequence, got {l2!r}")
+    if not np.all(np.isfinite(grid)) or np.any(grid <= 0):
+        raise ValueError(f"every l2 must be a finite number > 0, got {grid.tolist()}")
+    if grid.size > 1 and validation is None:
+        raise ValueError(f"{grid.size} l2 values given but no validation runs to choose among them")
+    return grid
+
+
+def _momentum_grid(momentum, validation) -> np.ndarray:
+    if isinstance(momentum, str):
+        if momentum != "auto":
+            raise ValueError(f"momentum must be a number in [0, 1) or 'auto', got {momentum!r}")
+        if validation is None:
+            raise ValueError("momentum='auto' chooses mu on validation runs; pass validation=")
+        return np.asarray(MOMENTUM_GRID)
+    grid = np.atleast_1d(np.asarray(momentum, np.float64))
+    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
+        raise ValueError(f"momentum must be a number in [0, 1) or 'auto', got {momentum!r}")
+    if np.any(grid < 0) or np.any(grid >= 1):
+        raise ValueError(f"momentum must lie in [0, 1), got {grid.tolist()}")
+    if grid.size > 1 and validation is None:
+        raise ValueError(f"{grid.size} momentum values given but no validation runs")
+    return grid
+
+
+def _check_prior(prior, runs: RunSet, use_A: bool, use_B: bool):
+    """A prior mean for (A, B): a ``LinearSimulator`` over the same pool and test examples."""
+    if prior is None:
+        return None
+    if not isinstance(prior, LinearSimulator):
+        raise ValueError(f"prior must be a LinearSimulator, got {type(prior).__name__}")
+    shape = (runs.num_test, runs.num_train)
+    if np.shape(prior.A) != shape or np.shape(prior.B) != shape:
+        raise ValueError(f"prior A and B must have shape [M, N] = {list(shape)}")
+    A = np.asarray(prior.A, np.float32) if use_A else np.zeros(shape, np.float32)
+    B = np.asarray(prior.B, np.float32) if use_B else np.zeros(shape, np.float32)
+    if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B))):
+        raise ValueError("prior A and B must be finite")
+    return prior.replace(A=A, B=B)
+
+
+def _lr_reference(runs: RunSet, validation: RunSet | None) -> float:
+    for what, rs in (("fitting", runs), ("validation", validation)):
+        if rs is not None and rs.learning_rates is None:
+            raise ValueError(
+                f"lr_scaled=True needs the learning rates of the {what} runs "
+                "(RunSet.learning_rates is None)"
+            )
+    ref = float(np.max(runs.learning_rates))
+    if not ref > 0:
+        raise ValueError("lr_scaled=True needs a positive learning rate in the fitting runs")
+    return ref
 
 
 def _ridge_fit(
@@ -52,43 +139,60 @@ def _ridge_fit(
     validation: RunSet | None,
     solver: str,
     mesh,
+    momentum=0.0,
+    lr_scaled: bool = False,
     dtype=np.float32,
-    gradients=None,
-    features=None,
+    prior: LinearSimulator | None = None,
 ) -> LinearSimulator:
-    # ``gradients`` and ``features`` belong to other simulators; accepting them here lets
-    # one ``fit_all`` call fit ridge, gradient and featurized simulators together.
-    del gradients, features
-    if l2 is None:
-        l2 = DEFAULT_L2_GRID if validation is not None else DEFAULT_L2
-    grid = np.atleast_1d(np.asarray(l2, np.float64))
-    if grid.size > 1 and validation is None:
-        raise ValueError(f"{grid.size} l2 values given but no validation runs to choose among them")
-    problem = RidgeProblem.from_runs(runs, alpha0=alpha0, use_A=use_A, use_B=use_B)
-    if dtype != np.float32:
-        problem = RidgeProblem(
-            ids=problem.ids,
-            Lp=problem.Lp.astype(dtype),
-            y=problem.y.astype(dtype),
-            num_train=problem.num_train,
-            use_A=use_A,
-            use_B=use_B,
-        )
-    A, B, info = solve_ridge(problem, grid, solver=solver, mesh=mesh)
+    grid = _l2_grid(l2, validation)
+    mus = _momentum_grid(momentum, validation)
+    if not isinstance(lr_scaled, bool):
+        raise ValueError(f"lr_scaled must be True or False, got {lr_scaled!r}")
+    lr_ref = _lr_reference(runs, validation) if lr_scaled else None
+    base = RidgeProblem.from_runs(runs, alpha0=alpha0, use_A=use_A, use_B=use_B, lr_ref=lr_ref)
+    if np.dtype(dtype) != np.float32:
+        base = base.astype(dtype)
     seen = runs.used_ids()
-    sims = [
-        LinearSimulator(A=A[k], B=B[k], seen=seen, alpha0=alpha0, name=name, l2=float(grid[k]))
-        for k in range(len(grid))
-    ]
-    if len(sims) == 1:
-        return sims[0]
-    scores = [rollout_mse(s, validation, mesh=mesh) for s in sims]
-    best = int(np.argmin(scores))
-    if not np.isfinite(scores[best]):
+    common = dict(seen=seen, alpha0=alpha0, name=name, lr_scaled=lr_scaled)
+    if lr_scaled:
+        common["lr_ref"] = lr_ref
+    prior = _check_prior(prior, runs, use_A, use_B)
+    best, best_score, x0 = None, np.inf, None
+    for mu in mus:
+        problem = base.with_kernel(float(mu), base.scales)
+        if prior is not None:
+            # Shrink toward the prior: solve for theta - theta0 against y - X theta0.
+            p0 = prior.replace(momentum=float(mu), alpha0=alpha0, lr_scaled=lr_scaled,
+                               lr_ref=lr_ref if lr_scaled else np.nan)  # fmt: skip
+            X_theta0 = teacher_forced(p0, runs) - alpha0 * runs.losses[:, :-1]  # [R, T, M]
+            y = problem.y - np.transpose(X_theta0, (2, 1, 0)).astype(problem.y.dtype)
+            problem = dataclasses.replace(problem, y=y)
+        A, B, info = solve_ridge(problem, grid, solver=solver, mesh=mesh, x0=x0)
+        if prior is not None:
+            A, B = A + np.asarray(prior.A)[None], B + np.asarray(prior.B)[None]
+        if len(grid) * len(mus) == 1:
+            return LinearSimulator(A=A[0], B=B[0], momentum=float(mu), l2=float(grid[0]), **common)
+        K, M, N = A.shape
+        stacked = LinearSimulator(
+            A=np.asarray(A).reshape(K * M, N), B=np.asarray(B).reshape(K * M, N),
+            momentum=float(mu), **common,
+        )  # fmt: skip
+        scores = path_mse(stacked, K, validation, mesh=mesh)
+        k = int(np.argmin(scores))
+        if scores[k] < best_score:
+            best_score = scores[k]
+            best = LinearSimulator(A=A[k], B=B[k], momentum=float(mu), l2=float(grid[k]), **common)
+        if info["solver"] == "cg":
+            x0 = np.concatenate(
+                [np.asarray(A[k]) if use_A else np.zeros((M, 0)),
+                 np.asarray(B[k]) if use_B else np.zeros((M, 0))], axis=-1,
+            )  # fmt: skip
+    if best is None:
         raise ValueError(
-            f"every l2 in {grid.tolist()} gives a diverging rollout on validation runs"
+            f"every l2 in {grid.tolist()} (momentum {mus.tolist()}) gives a diverging rollout "
+            "on validation runs"
         )
-    return sims[best]
+    return best
 
 
 def _check_runs(runs, validation):
@@ -105,62 +209,114 @@ def _check_runs(runs, validation):
 
 
 @SIMULATORS.register("linear")
-def fit_linear(runs, *, l2=None, validation=None, solver="auto", mesh=None, alpha="sum", **kw):
-    """Simfluence-Linear: alpha = alpha0 + sum A_i, beta = sum B_i, fitted by ridge."""
+def fit_linear(
+    runs, *, l2=None, validation=None, solver="auto", mesh=None, alpha="sum", momentum=0.0,
+    lr_scaled=False, dtype=np.float32, prior=None,
+):  # fmt: skip
+    """Simfluence-Linear with the optimizer kernel: alpha_t = alpha0 + s_t A . x_t,
+    beta_t = s_t B . x_t, x_t = mu x_{t-1} + m(c_t); fitted by ridge.
+
+    ``momentum``: mu in [0, 1), a sequence of candidates, or ``"auto"`` (``MOMENTUM_GRID``,
+    chosen with l2 on ``validation``); ``lr_scaled``: scale effects by ``eta_t / eta_ref``;
+    ``prior``: a ``LinearSimulator`` whose (A, B) the ridge shrinks toward instead of 0
+    (e.g. calibrated gradient scores written as Linear parameters).
+    """
     if alpha not in ALPHA_FORMS:
         raise ValueError(f"unknown alpha form {alpha!r}; known: {', '.join(ALPHA_FORMS)}")
     name = "linear" if alpha == "sum" else "linear_one_plus_sum"
     return _ridge_fit(
         runs, name=name, alpha0=ALPHA_FORMS[alpha], use_A=True, use_B=True, l2=l2,
-        validation=validation, solver=solver, mesh=mesh, **kw,
+        validation=validation, solver=solver, mesh=mesh, momentum=momentum,
+        lr_scaled=lr_scaled, dtype=dtype, prior=prior,
     )  # fmt: skip
 
 
+@SIMULATORS.register("linear_kernel")
+def fit_linear_kernel(
+    runs, *, l2=None, validation=None, solver="auto", mesh=None, alpha="sum", momentum="auto",
+    lr_scaled=None, dtype=np.float32,
+):  # fmt: skip
+    """Simfluence-Linear with the optimizer kernel: mu chosen with l2 on the validation runs
+    (``momentum="auto"``), effects scaled by the learning rate when the runs carry their
+    learning rates (``lr_scaled=None``)."""
+    if lr_scaled is None:
+        lr_scaled = runs.learning_rates is not None and (
+            validation is None or validation.learning_rates is not None
+        )
+    sim = fit_linear(
+        runs, l2=l2, validation=validation, solver=solver, mesh=mesh, alpha=alpha,
+        momentum=momentum, lr_scaled=lr_scaled, dtype=dtype,
+    )  # fmt: skip
+    return sim.replace(name="linear_kernel")
+
+
 @SIMULATORS.register("additive")
-def fit_additive(runs, *, l2=None, validation=None, solver="auto", mesh=None, **kw):
-    """Additive (TracIn-like): L_t = L_{t-1} + sum B_i."""
+def fit_additive(
+    runs, *, l2=None, validation=None, solver="auto", mesh=None, momentum=0.0, lr_scaled=False,
+    dtype=np.float32,
+):  # fmt: skip
+    """Additive (TracIn-like): L_t = L_{t-1} + s_t B . x_t."""
     return _ridge_fit(
         runs, name="additive", alpha0=1.0, use_A=False, use_B=True, l2=l2,
-        validation=validation, solver=solver, mesh=mesh, **kw,
+        validation=validation, solver=solver, mesh=mesh, momentum=momentum,
+        lr_scaled=lr_scaled, dtype=dtype,
     )  # fmt: skip
 
 
 @SIMULATORS.register("multiplicative")
-def fit_multiplicative(runs, *, l2=None, validation=None, solver="auto", mesh=None, **kw):
-    """Multiplicative: L_t = (sum A_i) L_{t-1}."""
+def fit_multiplicative(
+    runs, *, l2=None, validation=None, solver="auto", mesh=None, momentum=0.0, lr_scaled=False,
+    dtype=np.float32,
+):  # fmt: skip
+    """Multiplicative: L_t = (s_t A . x_t) L_{t-1}."""
     return _ridge_fit(
         runs, name="multiplicative", alpha0=0.0, use_A=True, use_B=False, l2=l2,
-        validation=validation, solver=solver, mesh=mesh, **kw,
+        validation=validation, solver=solver, mesh=mesh, momentum=momentum,
+        lr_scaled=lr_scaled, dtype=dtype,
     )  # fmt: skip
 
 
 @SIMULATORS.register("constant")
-def fit_constant(runs, **_):
+def fit_constant(runs, *, validation=None, mesh=None):
     """Control: L^_t = L_0 for every curriculum."""
+    del validation, mesh
     zeros = np.zeros((runs.num_test, runs.num_train), np.float32)
     return LinearSimulator(A=zeros, B=zeros, seen=np.ones(runs.num_train, bool), alpha0=1.0,
                            name="constant")  # fmt: skip
 
 
 @SIMULATORS.register("mean")
-def fit_mean(runs, **_):
+def fit_mean(runs, *, validation=None, mesh=None):
     """Control: the mean per-step change over the fitting runs, ignoring the curriculum."""
+    del validation, mesh
     delta = np.diff(runs.losses, axis=1).mean(axis=0).T  # [M, T]
     return MeanSimulator(delta=delta.astype(np.float32))
 
 
 @SIMULATORS.register("shuffled")
-def fit_shuffled(runs, *, seed: int = 0, **kw):
+def fit_shuffled(
+    runs, *, seed: int = 0, l2=None, validation=None, solver="auto", mesh=None, alpha="sum",
+    momentum=0.0, lr_scaled=False,
+):  # fmt: skip
     """Control: Linear with its fitted (A_i, B_i) permuted across the training ids it saw.
 
     If this control does as well as Linear, per-example information is not being used.
     """
-    sim = fit_linear(runs, **kw)
+    sim = fit_linear(
+        runs, l2=l2, validation=validation, solver=solver, mesh=mesh, alpha=alpha,
+        momentum=momentum, lr_scaled=lr_scaled,
+    )  # fmt: skip
     seen = np.flatnonzero(np.asarray(sim.seen))
     perm = np.arange(sim.num_train)
     perm[seen] = np.random.default_rng(seed).permutation(seen)
     A, B = np.asarray(sim.A)[:, perm], np.asarray(sim.B)[:, perm]
     return sim.replace(A=A, B=B, name="shuffled")
+
+
+def accepted_keywords(name: str) -> frozenset[str]:
+    """The keyword arguments the fitter registered as ``name`` declares."""
+    params = inspect.signature(SIMULATORS.get(name)).parameters.values()
+    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def fit_simulator(name: str, runs: RunSet, *, validation: RunSet | None = None, **kwargs):
@@ -171,20 +327,38 @@ def fit_simulator(name: str, runs: RunSet, *, validation: RunSet | None = None, 
         ``constant``, ``mean``, ``shuffled``, ...).
       runs: the fitting runs.
       validation: runs to choose l2 on (rollout all-steps MSE).
-      **kwargs: ``l2`` (float, sequence, or None for the default), ``solver`` (``auto``,
-        ``direct``, ``cg``, ``dual``), ``mesh`` (shard test examples), ``alpha``
-        (``sum`` or ``one_plus_sum``, linear only), ``seed`` (shuffled only).
+      **kwargs: the fitter's own keywords (``accepted_keywords(name)``), e.g. ``l2``
+        (float, sequence, or None for the default), ``solver`` (``auto``, ``direct``,
+        ``cg``, ``dual``), ``mesh`` (shard test examples), ``alpha`` (``sum`` or
+        ``one_plus_sum``), ``momentum`` (mu, a sequence or ``"auto"``), ``lr_scaled``,
+        ``seed`` (shuffled only). Unknown keywords are a ``ValueError`` naming them.
 
     Returns:
       A fitted simulator pytree; ridge-based ones record their chosen ``l2``.
     """
     fit = SIMULATORS.get(name)
     _check_runs(runs, validation)
+    unknown = sorted(set(kwargs) - accepted_keywords(name))
+    if unknown:
+        raise ValueError(
+            f"{name} does not take {', '.join(map(repr, unknown))}; it accepts "
+            f"{', '.join(sorted(accepted_keywords(name) - {'validation'}))}"
+        )
     return fit(runs, validation=validation, **kwargs)
 
 
 def fit_all(
     names: Sequence[str], runs: RunSet, *, validation: RunSet | None = None, **kwargs
 ) -> dict[str, object]:
-    """``{name: fit_simulator(name, ...)}`` for several names."""
-    return {n: fit_simulator(n, runs, validation=validation, **kwargs) for n in names}
+    """``{name: fit_simulator(name, ...)}`` for several names; each fitter gets only the
+    keywords it declares, and a keyword no fitter declares is an error."""
+    declared = {n: accepted_keywords(n) for n in names}
+    unused = sorted(set(kwargs) - set().union(*declared.values()))
+    if unused:
+        raise ValueError(f"no simulator among {list(names)} takes {', '.join(map(repr, unused))}")
+    return {
+        n: fit_simulator(
+            n, runs, validation=validation, **{k: v for k, v in kwargs.items() if k in declared[n]}
+        )
+        for n in names
+    }

@@ -28,9 +28,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from simfluence_jax import metrics
+from simfluence_jax.rollout import rollout
 from simfluence_jax.runs import RunSet
 from simfluence_jax.sampling import sample_curricula
-from simfluence_jax.simulators.featurized import rollout_any
 
 
 def lds_per_test(true_final, pred_final) -> np.ndarray:
@@ -65,13 +65,15 @@ def lds(true_final, pred_final) -> dict[str, float]:
     }
 
 
-def simulated_final(sim, batches, L0) -> np.ndarray:
+def simulated_final(sim, batches, L0, *, learning_rates=None) -> np.ndarray:
     """``float32[C, M]``: the simulated final losses of curricula ``int32[C, T, B]`` from
-    starting losses ``L0: float[C, M]`` (or ``[M]``)."""
-    return np.asarray(rollout_any(sim, batches, L0))[..., -1, :]
+    starting losses ``L0: float[C, M]`` (or ``[M]``) under schedule ``learning_rates``."""
+    return np.asarray(rollout(sim, batches, L0, learning_rates=learning_rates))[..., -1, :]
 
 
-def lds_table(sims: Mapping[str, object], batches, true_losses) -> dict[str, dict[str, float]]:
+def lds_table(
+    sims: Mapping[str, object], batches, true_losses, *, learning_rates=None
+) -> dict[str, dict[str, float]]:
     """``{name: lds(...)}`` for every simulator.
 
     Args:
@@ -79,6 +81,7 @@ def lds_table(sims: Mapping[str, object], batches, true_losses) -> dict[str, dic
       batches: ``int32[C, T, B]``, one curriculum per subset.
       true_losses: ``float[C, T+1, M]`` from real training (row 0 is each run's L_0, the
         simulation's starting point).
+      learning_rates: ``float[C, T]`` (or ``[T]``) schedule, for ``lr_scaled`` simulators.
     """
     true_losses = np.asarray(true_losses)
     if true_losses.ndim != 3 or true_losses.shape[0] != np.shape(batches)[0]:
@@ -87,7 +90,10 @@ def lds_table(sims: Mapping[str, object], batches, true_losses) -> dict[str, dic
             f"{true_losses.shape}"
         )
     L0, final = true_losses[:, 0], true_losses[:, -1]
-    return {name: lds(final, simulated_final(sim, batches, L0)) for name, sim in sims.items()}
+    return {
+        name: lds(final, simulated_final(sim, batches, L0, learning_rates=learning_rates))
+        for name, sim in sims.items()
+    }
 
 
 def subset_curricula(
@@ -166,6 +172,7 @@ def run_lds(
     )  # fmt: skip
     out = train(batches)
     losses = np.asarray(out.losses if isinstance(out, RunSet) else out, np.float32)
+    rates = out.learning_rates if isinstance(out, RunSet) else None
     if losses.shape[:2] != (num_subsets, batches.shape[1] + 1):
         raise ValueError(
             f"train returned losses of shape {losses.shape}; expected [C={num_subsets}, "
@@ -174,7 +181,7 @@ def run_lds(
     L0, final = losses[:, 0], losses[:, -1]
     per_test, table = {}, {}
     for name, sim in sims.items():
-        pred = simulated_final(sim, batches, L0)
+        pred = simulated_final(sim, batches, L0, learning_rates=rates)
         per_test[name] = lds_per_test(final, pred)
         table[name] = lds(final, pred)
     return LDSResult(batches=batches, true_losses=losses, table=table, per_test=per_test)

@@ -1,17 +1,23 @@
-"""Simulating curricula: the scan rollout, its closed form, and the checked user entry.
+"""Simulating curricula: the one scan rollout, its closed form, and the checked user entry.
 
 ``rollout`` is the pure, jit-safe core: for every test example (``vmap``) and every
-curriculum (``vmap``) it scans the simulator's update over the steps, starting from the
-observed L_0 and feeding back its own predictions (DESIGN.md section 5):
+curriculum (``vmap``) it scans the simulator's step over the steps, starting from the
+observed L_0 and feeding back its own predictions (docs/design.md, "Rollout"):
 
-    L^_t = alpha(c_t) L^_{t-1} + beta(c_t)
+    (state_t, L^_t) = step(p, state_{t-1}, c_t, t, s_t, L^_{t-1})
 
-``closed_form_final`` computes the last step without the scan,
+An all-padding step is no update (state and loss carry over), so curricula of different
+lengths stack by padding them with ``-1`` steps. ``s_t = eta_t / eta_ref`` comes from the
+learning rates of the simulated curricula for ``lr_scaled`` simulators and is 1 otherwise.
+
+``closed_form_final`` computes the last step of an affine simulator without feeding the loss
+back,
 
     L^_T = (prod_t alpha_t) L_0 + sum_t (prod_{s>t} alpha_s) beta_t,
 
-and must agree with it. ``simulate`` wraps ``rollout`` with the checks a user wants: ids in
-range, a warning for ids the simulator never saw, and a warning for diverging trajectories.
+and must agree with the scan. ``simulate`` wraps ``rollout`` with the checks a user wants:
+ids in range, finite L_0 and learning rates, a warning for ids the simulator never saw, and
+a warning for diverging trajectories.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simfluence_jax.sharding import map_over_test
-from simfluence_jax.simulators.base import Simulator, coefficient_sequence, rollout_one
+from simfluence_jax.simulators.base import AffineSimulator, Simulator, batch_mask
 
 #: |L^| above this many times the largest |L_0| (or non-finite) counts as diverged.
 DIVERGENCE_FACTOR = 1e3
@@ -39,39 +45,118 @@ class DivergenceWarning(UserWarning):
 
 
 def _skeleton(sim: Simulator) -> Simulator:
-    """The simulator with its arrays removed: hashable, usable as a static jit argument."""
+    """The simulator with its arrays removed: hashable, usable as a static jit argument.
+
+    A simulator's ``step`` reads arrays only through ``p`` (its ``per_test()`` slice) and
+    otherwise only its static fields, so the skeleton carries the whole rule.
+    """
     return jax.tree_util.tree_map(lambda _: None, sim)
 
 
+def _rollout_one(sim: Simulator, p, ids, w, s, L0) -> jax.Array:
+    """One test example along one weighted curriculum.
+
+    Args:
+      sim: the simulator's skeleton (its rule; ``p`` carries the parameters).
+      p: one test example's parameters.
+      ids: ``int32[T, K]`` training ids of every step (padding clipped to 0).
+      w: ``float32[T, K]`` their weights (0 = padding; an all-zero step is no update).
+      s: ``float32[T]`` learning-rate scales.
+      L0: scalar starting loss.
+
+    Returns:
+      ``float32[T+1]``: L_0 followed by the simulated L^_1..L^_T.
+    """
+    T = ids.shape[0]
+    L0 = jnp.asarray(L0, jnp.float32)
+
+    def step(carry, xs):
+        state, L = carry
+        ids_t, w_t, t, s_t = xs
+        new_state, L_new = sim.step(p, state, ids_t, w_t, t, s_t, L)
+        empty = jnp.all(w_t == 0)
+        keep = partial(jnp.where, empty)
+        state = jax.tree_util.tree_map(keep, state, new_state)
+        L_new = keep(L, L_new).astype(L.dtype)
+        return (state, L_new), L_new
+
+    xs = (ids, w, jnp.arange(1, T + 1), s)
+    _, Ls = jax.lax.scan(step, (sim.init_state(p, L0), L0), xs)
+    return jnp.concatenate([L0[None], Ls])
+
+
 @partial(jax.jit, static_argnums=(0, 1))
-def _rollout_core(skeleton, treedef, batches, *per_test):
+def _rollout_core(skeleton, treedef, ids, w, s, *per_test):
     """``per_test = (*param_leaves, L0 [M, C])`` -> ``float32[M, C, T+1]``."""
     *leaves, L0 = per_test
     p = jax.tree_util.tree_unflatten(treedef, leaves)
-    over_curricula = jax.vmap(partial(rollout_one, skeleton), in_axes=(None, 0, 0))
-    over_tests = jax.vmap(over_curricula, in_axes=(0, None, 0))
-    return over_tests(p, batches, L0)
+    over_curricula = jax.vmap(partial(_rollout_one, skeleton), in_axes=(None, 0, 0, 0, 0))
+    over_tests = jax.vmap(over_curricula, in_axes=(0, None, None, None, 0))
+    return over_tests(p, ids, w, s, L0)
 
 
-def _normalise(sim: Simulator, batches, L0):
-    batches = jnp.asarray(batches)
-    if batches.ndim < 2:
-        raise ValueError(f"batches must have shape [..., T, B], got shape {batches.shape}")
-    lead = batches.shape[:-2]
+def _lead_and_L0(sim: Simulator, lead, L0) -> jax.Array:
     M = sim.num_test
     L0 = jnp.asarray(L0, jnp.float32)
     if L0.shape[-1:] != (M,):
         raise ValueError(
             f"L0 must end in the simulator's M = {M} test examples, got shape {L0.shape}"
         )
-    L0 = jnp.broadcast_to(L0, lead + (M,))
     C = int(np.prod(lead)) if lead else 1
-    flat_b = batches.reshape((C,) + batches.shape[-2:]).astype(jnp.int32)
-    flat_L0 = L0.reshape(C, M)
-    return lead, flat_b, flat_L0
+    return jnp.broadcast_to(L0, lead + (M,)).reshape(C, M)
 
 
-def rollout(sim: Simulator, batches, L0, *, mesh=None) -> jax.Array:
+def lr_scales(sim: Simulator, learning_rates, lead: tuple, num_steps: int) -> jax.Array:
+    """``float32[C, T]`` learning-rate scales ``s_t`` of ``C = prod(lead)`` curricula.
+
+    ``learning_rates`` (``[..., T]``, broadcast against the curricula' leading axes) are
+    divided by the simulator's ``lr_reference``; simulators that ignore the schedule get
+    ones whatever is passed.
+    """
+    C = int(np.prod(lead)) if lead else 1
+    ref = sim.lr_reference
+    if ref is None:
+        return jnp.ones((C, num_steps), jnp.float32)
+    if learning_rates is None:
+        raise ValueError(
+            f"{sim.name} follows the learning-rate schedule (lr_scaled): pass the "
+            "learning_rates of the simulated curricula ([..., T], e.g. runs.learning_rates)"
+        )
+    lr = jnp.asarray(learning_rates, jnp.float32)
+    if lr.shape[-1:] != (num_steps,):
+        raise ValueError(
+            f"learning_rates must end in the curricula's T = {num_steps} steps, got shape "
+            f"{lr.shape}"
+        )
+    try:
+        lr = jnp.broadcast_to(lr, lead + (num_steps,))
+    except ValueError:
+        raise ValueError(
+            f"learning_rates of shape {lr.shape} do not match curricula with leading axes {lead}"
+        ) from None
+    return lr.reshape(C, num_steps) / ref
+
+
+def rollout_weighted(sim: Simulator, ids, w, L0, s, *, mesh=None) -> jax.Array:
+    """The rollout of weighted curricula; pure, jit-safe and differentiable in ``w``.
+
+    Args:
+      sim: any simulator.
+      ids: ``int32[C, T, K]`` ids (non-negative); ``w: float32[C, T, K]`` their weights;
+        a soft curriculum over the whole pool is ``ids = arange(N)``, ``w`` = soft counts.
+      L0: ``float32[C, M]``; ``s: float32[C, T]`` learning-rate scales.
+      mesh: optional ``sharding.test_mesh()``.
+
+    Returns:
+      ``float32[C, T+1, M]``.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(sim.per_test())
+    core = partial(_rollout_core, _skeleton(sim), treedef, ids, w, s)
+    out = map_over_test(core, (*leaves, jnp.asarray(L0).T), mesh=mesh)  # [M, C, T+1]
+    return jnp.moveaxis(out, 0, -1)
+
+
+def rollout(sim: Simulator, batches, L0, *, learning_rates=None, mesh=None) -> jax.Array:
     """Simulated trajectories; pure and jit-safe.
 
     Args:
@@ -79,33 +164,68 @@ def rollout(sim: Simulator, batches, L0, *, mesh=None) -> jax.Array:
       batches: ``int32[..., T, B]`` one or more curricula (``-1`` = padding; an all-padding
         step is no update).
       L0: ``float32[..., M]`` (or ``[M]``, broadcast) observed starting losses.
+      learning_rates: ``float32[..., T]`` (or ``[T]``) the schedule of the curricula; needed
+        by ``lr_scaled`` simulators, ignored by the others.
       mesh: optional ``sharding.test_mesh()``: test examples are split over its devices.
 
     Returns:
       ``float32[..., T+1, M]`` with L_0 as row 0.
     """
-    lead, flat_b, flat_L0 = _normalise(sim, batches, L0)
-    leaves, treedef = jax.tree_util.tree_flatten(sim.per_test())
-    core = partial(_rollout_core, _skeleton(sim), treedef, flat_b)
-    out = map_over_test(core, (*leaves, flat_L0.T), mesh=mesh)  # [M, C, T+1]
-    T1 = flat_b.shape[1] + 1
-    return jnp.moveaxis(out, 0, -1).reshape(lead + (T1, sim.num_test))
+    batches = jnp.asarray(batches)
+    if batches.ndim < 2:
+        raise ValueError(f"batches must have shape [..., T, B], got shape {batches.shape}")
+    lead, (T, B) = batches.shape[:-2], batches.shape[-2:]
+    flat = batches.reshape((-1, T, B)).astype(jnp.int32)
+    ids, w = batch_mask(flat)
+    s = lr_scales(sim, learning_rates, lead, T)
+    out = rollout_weighted(sim, ids, w, _lead_and_L0(sim, lead, L0), s, mesh=mesh)
+    return out.reshape(lead + (T + 1, sim.num_test))
 
 
-def closed_form_final(sim: Simulator, batches, L0) -> jax.Array:
-    """``float32[..., M]``: L^_T from the product formula, without the scan."""
-    lead, flat_b, flat_L0 = _normalise(sim, batches, L0)
+def affine_coefficients(sim: Simulator, batches, *, learning_rates=None):
+    """``(alpha, beta)``, each ``float32[..., T, M]``, of an affine simulator along curricula
+    ``int32[..., T, B]`` (an all-padding step gets ``(1, 0)``)."""
+    if not isinstance(sim, AffineSimulator):
+        raise ValueError(
+            f"{type(sim).__name__} is not affine in the previous loss, so it has no closed "
+            "form; use rollout"
+        )
+    batches = jnp.asarray(batches)
+    lead, (T, B) = batches.shape[:-2], batches.shape[-2:]
+    ids, w = batch_mask(batches.reshape((-1, T, B)).astype(jnp.int32))
+    s = lr_scales(sim, learning_rates, lead, T)
     skeleton = _skeleton(sim)
 
-    def one(p, b, l0):
-        alpha, beta = coefficient_sequence(skeleton, p, b)
-        rev = jnp.cumprod(alpha[::-1])[::-1]  # prod_{s>=t} alpha_s
-        after = jnp.concatenate([rev[1:], jnp.ones((1,), rev.dtype)])  # prod_{s>t}
-        return rev[0] * l0 + jnp.sum(after * beta)
+    def one(p, ids_c, w_c, s_c):
+        def step(state, xs):
+            ids_t, w_t, t, s_t = xs
+            new, alpha, beta = skeleton.affine_step(p, state, ids_t, w_t, t, s_t)
+            empty = jnp.all(w_t == 0)
+            state = jax.tree_util.tree_map(partial(jnp.where, empty), state, new)
+            return state, (jnp.where(empty, 1.0, alpha), jnp.where(empty, 0.0, beta))
 
-    f = jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)), in_axes=(0, None, 0))
-    out = f(sim.per_test(), flat_b, flat_L0.T)  # [M, C]
-    return out.T.reshape(lead + (sim.num_test,))
+        xs = (ids_c, w_c, jnp.arange(1, T + 1), s_c)
+        return jax.lax.scan(step, skeleton.init_state(p, jnp.float32(0)), xs)[1]
+
+    f = jax.vmap(jax.vmap(one, in_axes=(None, 0, 0, 0)), in_axes=(0, None, None, None))
+    alpha, beta = f(sim.per_test(), ids, w, s)  # [M, C, T]
+    shape = lead + (T, sim.num_test)
+    return (jnp.moveaxis(alpha, 0, -1).reshape(shape), jnp.moveaxis(beta, 0, -1).reshape(shape))
+
+
+def closed_form_final(sim: Simulator, batches, L0, *, learning_rates=None) -> jax.Array:
+    """``float32[..., M]``: L^_T of an affine simulator from the product formula."""
+    alpha, beta = affine_coefficients(sim, batches, learning_rates=learning_rates)
+    rev = jnp.cumprod(alpha[..., ::-1, :], axis=-2)[..., ::-1, :]  # prod_{s>=t} alpha_s
+    after = jnp.concatenate([rev[..., 1:, :], jnp.ones_like(rev[..., :1, :])], axis=-2)
+    return rev[..., 0, :] * jnp.asarray(L0, jnp.float32) + jnp.sum(after * beta, axis=-2)
+
+
+def teacher_forced(sim: Simulator, runs) -> np.ndarray:
+    """``float32[R, T, M]``: an affine simulator's one-step predictions of L_1..L_T of logged
+    ``runs``, each from the observed loss before the step (the quantity the fit regresses)."""
+    alpha, beta = affine_coefficients(sim, runs.batches, learning_rates=runs.learning_rates)
+    return np.asarray(alpha * runs.losses[:, :-1] + beta)
 
 
 def check_ids(sim: Simulator, batches) -> None:
@@ -148,16 +268,37 @@ def diverged(trajectories, L0=None) -> np.ndarray:
     return bad.any(axis=-2)
 
 
-def simulate(sim: Simulator, batches, L0, *, mesh=None) -> np.ndarray:
+def check_finite(name: str, x) -> np.ndarray:
+    """``x`` as a NumPy array; a ``ValueError`` naming ``name`` if it is not finite."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be numbers, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))
+        where = f" (first at index {tuple(int(i) for i in bad[0])})" if arr.ndim else ""
+        raise ValueError(f"{name} contains NaN or infinite values{where}")
+    return arr
+
+
+def simulate(sim: Simulator, batches, L0, *, learning_rates=None, mesh=None) -> np.ndarray:
     """Simulates curricula with input checks; returns ``float32[..., T+1, M]`` on the host.
 
-    Unlike ``rollout`` this validates ids, warns (``UnseenExampleWarning``) when a curriculum
+    ``learning_rates`` (``[..., T]``) is the schedule of the simulated curricula, needed by
+    ``lr_scaled`` simulators (counterfactual edits keep the logged schedule).
+
+    Unlike ``rollout`` this checks that L_0 and the learning rates are finite (and the rates
+    >= 0), validates ids, warns (``UnseenExampleWarning``) when a curriculum
     uses training ids the simulator never saw, and warns (``DivergenceWarning``) naming how
     many trajectories diverged instead of silently returning overflowing values; use
     ``diverged`` to get the mask.
     """
     check_ids(sim, batches)
-    out = np.asarray(rollout(sim, batches, L0, mesh=mesh))
+    check_finite("L0", L0)
+    if learning_rates is not None:
+        lr = check_finite("learning_rates", learning_rates)
+        if np.any(lr < 0):
+            raise ValueError(f"learning_rates must be >= 0, got min {lr.min()}")
+    out = np.asarray(rollout(sim, batches, L0, learning_rates=learning_rates, mesh=mesh))
     bad = diverged(out)
     if bad.any():
         warnings.warn(

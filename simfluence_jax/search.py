@@ -42,10 +42,9 @@ import numpy as np
 import optax
 from scipy.optimize import linear_sum_assignment
 
+from simfluence_jax.rollout import rollout
 from simfluence_jax.runs import RunSet
 from simfluence_jax.sampling import sample_curricula
-from simfluence_jax.simulators.featurized import FeaturizedSimulator, rollout_any
-from simfluence_jax.simulators.linear import LinearSimulator
 
 
 # Layouts ---------------------------------------------------------------------------------
@@ -94,27 +93,25 @@ def _candidates(candidates, N: int, k: int) -> np.ndarray:
 
 # Objective -------------------------------------------------------------------------------
 def restrict(sim, targets) -> object:
-    """``sim`` on the target test examples only, when its class allows (Linear, featurized
-    order 1 becomes its Linear equivalent); otherwise ``sim`` itself."""
-    targets = np.asarray(targets)
-    if isinstance(sim, FeaturizedSimulator):
-        sim = sim.with_features(test=np.asarray(sim.test_features)[targets])
-        return sim.as_linear() if sim.order == 1 else sim
-    if isinstance(sim, LinearSimulator):
-        return sim.replace(A=jnp.asarray(sim.A)[targets], B=jnp.asarray(sim.B)[targets])
-    return sim
+    """``sim`` on the target test examples only when it can be restricted (``restrict``),
+    otherwise ``sim`` itself."""
+    try:
+        return sim.restrict(np.asarray(targets))
+    except NotImplementedError:
+        return sim
 
 
 @jax.jit
-def _final_mean(sim, curricula, L0, columns):
+def _final_mean(sim, curricula, L0, columns, learning_rates):
     """``float32[C]``: mean over ``columns`` of the simulated final losses."""
-    final = rollout_any(sim, curricula, L0)[:, -1, :]
+    final = rollout(sim, curricula, L0, learning_rates=learning_rates)[:, -1, :]
     return jnp.mean(final[:, columns], axis=-1)
 
 
-def make_objective(sim, L0, targets) -> Callable[[np.ndarray], np.ndarray]:
+def make_objective(sim, L0, targets, *, learning_rates=None) -> Callable[[np.ndarray], np.ndarray]:
     """``F``: curricula ``int32[C, T, B]`` -> ``float64[C]`` mean simulated final loss of
-    ``targets`` starting from ``L0: float[M]`` (inf for a diverging rollout)."""
+    ``targets`` starting from ``L0: float[M]`` (inf for a diverging rollout);
+    ``learning_rates: float[T]`` is the schedule, for ``lr_scaled`` simulators."""
     targets = np.asarray(targets, np.int64).reshape(-1)
     L0 = np.asarray(L0, np.float32)
     if L0.ndim != 1 or targets.size == 0 or targets.min() < 0 or targets.max() >= len(L0):
@@ -125,9 +122,12 @@ def make_objective(sim, L0, targets) -> Callable[[np.ndarray], np.ndarray]:
     else:
         L0_used, columns = L0[targets], np.arange(targets.size)
     L0_used, columns = jnp.asarray(L0_used), jnp.asarray(columns)
+    lr = None if learning_rates is None else jnp.asarray(learning_rates, jnp.float32)
 
     def F(curricula):
-        out = np.asarray(_final_mean(small, jnp.asarray(curricula, jnp.int32), L0_used, columns))
+        out = np.asarray(
+            _final_mean(small, jnp.asarray(curricula, jnp.int32), L0_used, columns, lr)
+        )
         return np.where(np.isfinite(out), out, np.inf).astype(np.float64)
 
     return F
@@ -181,6 +181,7 @@ def greedy_search(
     order_moves: bool = True,
     max_sweeps: int = 3,
     tol: float = 1e-7,
+    learning_rates=None,
 ) -> SearchResult:
     """Best-improvement coordinate search over the subset and its order (module docstring).
 
@@ -194,13 +195,14 @@ def greedy_search(
       order_moves: also try swapping two ranks (reordering), not only replacing.
       max_sweeps: passes over the ranks.
       tol: a move must lower F by more than this.
+      learning_rates: ``float[T]`` schedule of the curriculum (``lr_scaled`` simulators).
     """
     layout, subset = _check_layout(layout, init_subset)
     N = _pool_size(sim)
     mask = _candidates(candidates, N, subset.shape[0])
     if not mask[subset].all():
         raise ValueError("init_subset uses ids that are not candidates")
-    F = make_objective(sim, L0, targets)
+    F = make_objective(sim, L0, targets, learning_rates=learning_rates)
     current = float(F(curriculum(subset, layout)[None])[0])
     initial, history = current, [current]
     for _ in range(max_sweeps):
@@ -218,33 +220,22 @@ def greedy_search(
 
 
 def _pool_size(sim) -> int:
-    if isinstance(sim, FeaturizedSimulator):
-        return sim.num_train
-    if isinstance(sim, LinearSimulator):
-        return sim.num_train
-    seen = sim.seen_ids()
-    if seen is None:
-        raise ValueError(f"cannot tell the pool size of {type(sim).__name__}; use a Linear or "
-                         "featurized simulator")  # fmt: skip
-    return int(np.shape(seen)[0])
+    N = sim.num_train
+    if N is None:
+        raise ValueError(f"cannot tell the pool size of {type(sim).__name__}")
+    return N
 
 
 # Gradient search through the relaxed rollout -------------------------------------------------
 def count_effects(sim) -> tuple[float, jax.Array, jax.Array]:
     """``(alpha0, A [M, N], B [M, N])`` of a simulator linear in the batch counts."""
-    if isinstance(sim, FeaturizedSimulator):
-        if sim.order != 1:
-            raise ValueError(
-                f"gradient search needs a simulator linear in the batch counts; the featurized "
-                f"simulator of order {sim.order} is not (use greedy_search)"
-            )
-        sim = sim.as_linear()
-    if not isinstance(sim, LinearSimulator):
+    effects = sim.count_effects()
+    if effects is None:
         raise ValueError(
-            f"gradient search needs a simulator linear in the batch counts (Linear family or "
-            f"featurized order 1), got {type(sim).__name__}; use greedy_search"
+            f"gradient search needs a simulator linear in the batch counts (plain Linear "
+            f"family or featurized order 1), got {sim.name}; use greedy_search"
         )
-    return float(sim.alpha0), jnp.asarray(sim.A), jnp.asarray(sim.B)
+    return effects
 
 
 def sinkhorn_assignment(theta, dummy, allowed, *, tau: float, iters: int) -> jax.Array:

@@ -8,7 +8,7 @@ import pytest
 import simfluence_jax as sj
 from simfluence_jax import featurized_fit as ff
 from simfluence_jax.runs import RunSet
-from simfluence_jax.simulators.featurized import FeaturizedSimulator, rollout_markov
+from simfluence_jax.simulators.featurized import FeaturizedSimulator
 from simfluence_jax.simulators.linear import LinearSimulator
 from simfluence_jax.synthetic import make_problem, sample_curricula
 
@@ -91,7 +91,7 @@ def test_recovers_the_feature_map_and_predicts_unseen_training_examples(feature_
     # The per-step effect A_ij L + B_ij of the withheld examples matches the true function.
     L = float(p["runs"].losses.mean())
     true = _effect(p["truth"].A, p["truth"].B, L)[:, p["withheld"]]
-    got = _effect(*sim.per_test(), L)[:, p["withheld"]]
+    got = _effect(*sim.count_effects()[1:], L)[:, p["withheld"]]
     assert np.corrcoef(true.ravel(), got.ravel())[0, 1] > 0.9
     assert np.sqrt(np.mean((got - true) ** 2) / np.mean(true**2)) < 0.35
 
@@ -111,7 +111,9 @@ def test_predicts_unseen_test_examples(feature_problem):
     # test examples are few to learn the test side of the map from).
     assert mse_new < 0.05 * mse_const, (mse_new, mse_const, floor)
     L = float(p["runs"].losses.mean())
-    corr = np.corrcoef(_effect(truth.A, truth.B, L).ravel(), _effect(*new.per_test(), L).ravel())
+    corr = np.corrcoef(
+        _effect(truth.A, truth.B, L).ravel(), _effect(*new.count_effects()[1:], L).ravel()
+    )
     assert corr[0, 1] > 0.85, corr
 
 
@@ -153,16 +155,13 @@ def test_conformance_jit_vmap_no_recompile_deterministic(small):
 
     again = sj.fit_simulator("featurized", fit, validation=val, features=feats, max_steps=600)
     np.testing.assert_array_equal(np.asarray(sj.rollout(again, test.batches, test.L0)), out)
-    closed = np.asarray(sj.closed_form_final(sim, test.batches, test.L0))
-    np.testing.assert_allclose(closed, out[:, -1], rtol=1e-5, atol=1e-5)
-    # Order-1 Markov rollout and the Linear equivalent agree with the core rollout.
-    np.testing.assert_allclose(
-        np.asarray(rollout_markov(sim, test.batches, test.L0)), out, rtol=1e-5, atol=1e-6
-    )
+    # The Linear equivalent agrees with the rollout, and has the closed form.
     lin = sim.as_linear()
     np.testing.assert_allclose(
         np.asarray(sj.rollout(lin, test.batches, test.L0)), out, rtol=1e-5, atol=1e-6
     )
+    closed = np.asarray(sj.closed_form_final(lin, test.batches, test.L0))
+    np.testing.assert_allclose(closed, out[:, -1], rtol=1e-5, atol=1e-5)
 
 
 def test_training_lowers_the_objective_and_early_stops(small):
@@ -196,11 +195,9 @@ def test_higher_order_fit_beats_first_order_on_second_order_truth():
     s1 = sj.fit_simulator("featurized", fit, validation=val, features=feats)
     s2 = sj.fit_simulator("featurized", fit, validation=val, features=feats, order=2)
     assert s2.name == "featurized_order2" and s2.order == 2
-    with pytest.raises(ValueError, match="rollout_markov"):
-        sj.rollout(s2, test.batches, test.L0)
-    mse = lambda s: sj.metrics.all_steps_mse(
-        np.asarray(rollout_markov(s, test.batches, test.L0)), test.losses
-    )[0]
+    with pytest.raises(ValueError, match="no closed form"):
+        sj.closed_form_final(s2, test.batches, test.L0)
+    mse = lambda s: sj.metrics.all_steps_mse(sj.predict(s, test), test.losses)[0]
     assert mse(s2) < 0.5 * mse(s1), (mse(s2), mse(s1))
 
 

@@ -153,7 +153,9 @@ def test_check_by_retraining_compares_picks_with_random(setup):
         random_losses=train(rnd),
     )
     assert calls == [1]
-    assert again.rows()["linear/greedy"] == pytest.approx(row)
+    # Gains are differences of float32 losses near 1 rolled out in batches of other sizes:
+    # they agree to about one float32 ulp at that scale.
+    assert again.rows()["linear/greedy"] == pytest.approx(row, rel=1e-6, abs=2.5e-7)
     with pytest.raises(ValueError, match="random_losses has shape"):
         search.check_by_retraining(
             {"linear/greedy": (s["sim"], res)},

@@ -1,5 +1,7 @@
 """One conformance battery for every registered simulator, plus recovery of known truth."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ import simfluence_jax.featurized_fit  # noqa: F401  (registers "featurized")
 import simfluence_jax.gradients.baselines  # noqa: F401  (registers the gradient simulators)
 from simfluence_jax import metrics
 from simfluence_jax.gradients.context import PrecomputedGradients
+from simfluence_jax.simulators import AffineSimulator
 from simfluence_jax.synthetic import make_problem
 
 
@@ -34,63 +37,98 @@ def _fit_kwargs(name, runs, seed=0):
     return {}
 
 
+#: Every registered simulator, plus variants that change the state a rollout carries:
+#: ``label -> (registry name, options)``.
+CASES = {name: (name, {}) for name in sj.SIMULATORS.names()}
+CASES["linear_kernel"] = ("linear", {"momentum": 0.6, "lr_scaled": True})
+CASES["additive_kernel"] = ("additive", {"momentum": 0.3})
+CASES["featurized_order2"] = ("featurized", {"order": 2, "max_steps": 200})
+
+
 @pytest.fixture(scope="module")
 def problem():
     p = make_problem(num_train=24, num_test=5, num_runs=16, noise=0.01, seed=1)
-    fit, val, test = p.runs.split(10, 2, 4)
+    # A warm-up-and-decay schedule: lr_scaled simulators follow it, the others ignore it.
+    T = p.runs.num_steps
+    eta = np.minimum(np.arange(1, T + 1) / 4, (T + 1 - np.arange(1, T + 1)) / (T / 2))
+    rates = np.tile(0.1 * np.clip(eta, 0.05, 1.0), (p.runs.num_runs, 1)).astype(np.float32)
+    runs = dataclasses.replace(p.runs, learning_rates=rates)
+    fit, val, test = runs.split(10, 2, 4)
     return p, fit, val, test
+
+
+def _fit(label, runs, seed=0, **kw):
+    name, options = CASES[label]
+    kw = {k: v for k, v in kw.items() if k in sj.fitting.accepted_keywords(name)}
+    return sj.fit_simulator(name, runs, **options, **_fit_kwargs(name, runs, seed=seed), **kw)
 
 
 @pytest.fixture(scope="module")
 def fitted(problem):
     _, fit, val, _ = problem
-    return {
-        name: sj.fit_simulator(name, fit, validation=val, **_fit_kwargs(name, fit))
-        for name in sj.SIMULATORS.names()
-    }
+    return {label: _fit(label, fit, validation=val) for label in CASES}
 
 
-@pytest.mark.parametrize("name", sj.SIMULATORS.names())
-def test_conformance(name, problem, fitted):
+@pytest.mark.parametrize("label", sorted(CASES))
+def test_conformance(label, problem, fitted):
     _, fit, _, test = problem
-    sim = fitted[name]
-    batches, L0 = test.batches, test.L0
+    sim = fitted[label]
+    batches, L0, rates = test.batches, test.L0, test.learning_rates
 
     # Shapes, and row 0 is L_0.
-    out = np.asarray(sj.rollout(sim, batches, L0))
+    out = np.asarray(sj.rollout(sim, batches, L0, learning_rates=rates))
     assert out.shape == (test.num_runs, test.num_steps + 1, test.num_test)
     np.testing.assert_array_equal(out[:, 0], L0)
     assert np.all(np.isfinite(out))
 
     # jit-able, and no recompilation on a second call with other values of the same shapes.
     f = jax.jit(sj.rollout)
-    a = f(sim, batches, L0)
+    a = f(sim, batches, L0, learning_rates=rates)
     compiled = f._cache_size()
     reordered = fit.select(np.arange(fit.num_runs)[::-1])
-    refit = sj.fit_simulator(name, reordered, l2=0.5, **_fit_kwargs(name, reordered, seed=1))
-    f(refit, batches[::-1], L0 + 0.1)
-    assert f._cache_size() == compiled, f"{name} recompiled for new values of the same shapes"
+    refit = _fit(label, reordered, seed=1, l2=0.5)
+    f(refit, batches[::-1], L0 + 0.1, learning_rates=rates * 0.5)
+    assert f._cache_size() == compiled, f"{label} recompiled for new values of the same shapes"
     np.testing.assert_allclose(np.asarray(a), out, rtol=1e-6, atol=1e-6)
 
     # vmaps over runs: one call with all curricula equals one call per curriculum.
-    single = np.stack([np.asarray(sj.rollout(sim, b, l)) for b, l in zip(batches, L0)])
+    single = np.stack(
+        [np.asarray(sj.rollout(sim, b, l, learning_rates=r)) for b, l, r in zip(batches, L0, rates)]
+    )
     np.testing.assert_allclose(out, single, rtol=1e-6, atol=1e-6)
     # ... and jax.vmap of the single-curriculum rollout gives the same.
-    vm = jax.vmap(lambda b, l: sj.rollout(sim, b, l))(jnp.asarray(batches), jnp.asarray(L0))
+    vm = jax.vmap(lambda b, l, r: sj.rollout(sim, b, l, learning_rates=r))(
+        jnp.asarray(batches), jnp.asarray(L0), jnp.asarray(rates)
+    )
     np.testing.assert_allclose(np.asarray(vm), out, rtol=1e-6, atol=1e-6)
 
-    # Deterministic: fitting and simulating again gives identical numbers.
-    again = sj.fit_simulator(name, fit, validation=problem[2], **_fit_kwargs(name, fit))
-    np.testing.assert_array_equal(np.asarray(sj.rollout(again, batches, L0)), out)
+    # An all-padding step is no update: appending one leaves the trajectory unchanged.
+    padded = np.concatenate([batches, np.full_like(batches[:, :1], -1)], axis=1)
+    rates_p = np.concatenate([rates, rates[:, -1:]], axis=1)
+    out_p = np.asarray(sj.rollout(sim, padded, L0, learning_rates=rates_p))
+    np.testing.assert_allclose(out_p[:, :-1], out, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(out_p[:, -1], out_p[:, -2])
 
-    # The scan matches the closed form.
-    closed = np.asarray(sj.closed_form_final(sim, batches, L0))
-    np.testing.assert_allclose(closed, out[:, -1], rtol=1e-5, atol=1e-5)
+    # Deterministic: fitting and simulating again gives identical numbers.
+    again = _fit(label, fit, validation=problem[2])
+    np.testing.assert_array_equal(
+        np.asarray(sj.rollout(again, batches, L0, learning_rates=rates)), out
+    )
+
+    # The scan matches the closed form where the update is affine in the previous loss.
+    if isinstance(sim, AffineSimulator):
+        closed = np.asarray(sj.closed_form_final(sim, batches, L0, learning_rates=rates))
+        np.testing.assert_allclose(closed, out[:, -1], rtol=1e-5, atol=1e-5)
+    else:
+        with pytest.raises(ValueError, match="no closed form"):
+            sj.closed_form_final(sim, batches, L0)
 
     # The simulator is a pytree that survives flatten/unflatten.
     leaves, treedef = jax.tree_util.tree_flatten(sim)
     back = jax.tree_util.tree_unflatten(treedef, leaves)
-    np.testing.assert_array_equal(np.asarray(sj.rollout(back, batches, L0)), out)
+    np.testing.assert_array_equal(
+        np.asarray(sj.rollout(back, batches, L0, learning_rates=rates)), out
+    )
 
 
 def test_linear_reaches_noise_floor_and_recovers_parameters():

@@ -178,7 +178,7 @@ def raw_simulator(name: str, runs: RunSet, *, gradients, learning_rates=None):
 
 
 def _make_fitter(name: str, calibrated: bool) -> Callable[..., SegmentedSimulator]:
-    def fit(runs, *, gradients=None, learning_rates=None, mesh=None, validation=None, **_):
+    def fit(runs, *, gradients=None, learning_rates=None, mesh=None, validation=None):
         del validation  # the raw scores have no hyperparameter; calibration uses `runs`
         sim = raw_simulator(name, runs, gradients=gradients, learning_rates=learning_rates)
         return calibrate(sim, runs, mesh=mesh) if calibrated else sim

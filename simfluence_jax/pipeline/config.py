@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 #: Every simulator the pipeline knows how to fit, in table order.
-FITTED = ("linear", "linear_one_plus_sum", "additive", "multiplicative")
+FITTED = ("linear", "linear_one_plus_sum", "linear_kernel", "additive", "multiplicative")
 CONTROLS = ("constant", "mean", "shuffled")
 GRADIENT = ("tracin_cp", "grad_dot", "influence")
 
@@ -49,7 +49,7 @@ class RunsConfig:
     optimizer: str = "sgd"
     learning_rate: float = 0.05
     optimizer_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    num_runs: int = 12
+    num_runs: int = 32
     subset_size: int | None = 96
     batch_size: int = 4
     num_steps: int | None = 48
@@ -73,9 +73,9 @@ class FitConfig:
       gradient_kwargs: options of the gradient baselines (projection, damping, ...).
     """
 
-    num_fit: int = 8
-    num_val: int = 1
-    num_heldout: int = 3
+    num_fit: int = 24
+    num_val: int = 2
+    num_heldout: int = 6
     simulators: tuple[str, ...] = FITTED + CONTROLS + GRADIENT
     l2: Any = None
     solver: str = "auto"

@@ -152,8 +152,11 @@ def counterfactual_vs_reality(setup, cf_cfg: CounterfactualConfig, sims, heldout
     L_ref = float(np.median(observed[:, j]))
     removed = helpful_examples(sim, curriculum, j, L_ref, k)
     edited = cf.remove(curriculum, removed)
-    sim_orig = simulate(sim, curriculum, observed[0])
-    sim_edit = simulate(sim, edited, observed[0])
+    rates = None if heldout.learning_rates is None else heldout.learning_rates[r]
+    sim_orig = simulate(sim, curriculum, observed[0], learning_rates=rates)
+    sim_edit = simulate(
+        sim, edited, observed[0], learning_rates=cf.keep_schedule(rates, edited.shape[0])
+    )
     seed = int(heldout.metadata.get("seeds", [0] * heldout.num_runs)[r])
     real = retrain(setup, store_dir, edited[None], [seed]).losses[0]
     texts = heldout.metadata.get("train_texts") or []

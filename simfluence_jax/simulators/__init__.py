@@ -1,18 +1,20 @@
-"""Simulators: the interface and the index-based Simfluence-Linear family and controls.
+"""Simulators: the stateful step interface, the index-based Simfluence-Linear family with the
+optimizer kernel, the controls, the gradient baselines' additive form and the featurized
+simulator.
 
 Fitting lives in ``simfluence_jax.fitting``; the registry of fitters is ``SIMULATORS``.
 """
 
-from simfluence_jax.simulators.base import Simulator
-from simfluence_jax.simulators.featurized import FeaturizedSimulator, rollout_markov
+from simfluence_jax.simulators.base import AffineSimulator, Simulator
+from simfluence_jax.simulators.featurized import FeaturizedSimulator
 from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
 from simfluence_jax.simulators.segmented import SegmentedSimulator
 
 __all__ = [
+    "AffineSimulator",
     "FeaturizedSimulator",
     "LinearSimulator",
     "MeanSimulator",
     "SegmentedSimulator",
     "Simulator",
-    "rollout_markov",
 ]

@@ -1,29 +1,57 @@
-"""The simulator interface and the rollout shared by every simulator.
+"""The simulator interface: one stateful step, one rollout for every simulator.
 
-A simulator predicts, for every test example, a loss trajectory from a curriculum and the
-observed starting losses L_0. Every simulator here is first-order Markov (DESIGN.md s3):
+A simulator predicts, for every test example, a loss trajectory from a curriculum, the
+observed starting losses L_0 and (for simulators that follow the learning-rate schedule) the
+schedule of the simulated run (docs/design.md, "Simulators"). Every simulator is a step
+function over a per-test-example state:
 
-    L^_t = alpha_t * L^_{t-1} + beta_t,        (alpha_t, beta_t) = coefficients(c_t, t)
+    (state_t, L^_t) = step(p, state_{t-1}, ids_t, w_t, t, s_t, L^_{t-1})
+    state_0 = init_state(p, L_0)
 
-so a simulator only has to say how a batch ``c_t`` (ids, ``-1`` = padding) at step ``t``
-maps to ``(alpha_t, beta_t)`` for one test example. The rollout is then one function for all
-of them: a ``lax.scan`` over steps for one test example, ``vmap``-ed over test examples and
-over curricula.
+with ``p`` the parameters of one test example, ``ids_t, w_t`` the training ids of step t and
+their weights (``1`` per occurrence, ``0`` for padding), and ``s_t`` the learning-rate scale of
+the step (``1`` for simulators that ignore the schedule). The state is any pytree: empty for
+plain Simfluence-Linear, the filtered batch effects for the optimizer kernel, the last n
+losses for an order-n featurized simulator. ``rollout.rollout`` is the only rollout: a
+``lax.scan`` of ``step`` over the steps, ``vmap``-ed over test examples and curricula.
 
-Concrete simulators are ``flax.struct`` dataclasses (pytrees) whose array fields carry a
-leading test-example axis ``M``; ``per_test`` returns those fields and ``coefficients`` is
-the per-test-example rule. They are final: wrap them, do not subclass them.
+Simulators whose update is affine in the previous loss with coefficients that do not depend
+on it, ``L^_t = alpha_t L^_{t-1} + beta_t``, implement ``affine_step`` instead of ``step``
+(``AffineSimulator``); they get ``step`` for free and the closed form of the final loss
+(``rollout.closed_form_final``).
+
+Concrete simulators are registered dataclasses (pytrees; ``jax.tree_util.register_dataclass``
+through ``simulator_dataclass``) whose array fields carry a leading test-example axis ``M``
+where ``per_test`` says so. They are final: wrap them, do not subclass them.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 PyTree = Any
+
+#: Marks a dataclass field as static (part of the tree structure, not a leaf).
+STATIC = {"static": True}
+
+
+def static_field(default):
+    """A dataclass field that is part of the pytree structure (hashable, not traced)."""
+    return dataclasses.field(default=default, metadata=STATIC)
+
+
+def simulator_dataclass(cls):
+    """Makes ``cls`` a frozen dataclass registered as a pytree (``static_field`` = static)."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    data, meta = [], []
+    for f in dataclasses.fields(cls):
+        (meta if f.metadata.get("static") else data).append(f.name)
+    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
 
 
 class Simulator(abc.ABC):
@@ -35,69 +63,85 @@ class Simulator(abc.ABC):
     def per_test(self) -> PyTree:
         """The per-test-example parameters: a pytree whose leaves have leading axis ``M``."""
 
+    def init_state(self, p: PyTree, L0: jax.Array) -> PyTree:
+        """The state before step 1 of one test example (default: no state)."""
+        del p, L0
+        return ()
+
     @abc.abstractmethod
-    def coefficients(
-        self, p: PyTree, batch: jax.Array, t: jax.Array
-    ) -> tuple[jax.Array, jax.Array]:
-        """``(alpha, beta)`` scalars for one test example.
+    def step(
+        self,
+        p: PyTree,
+        state: PyTree,
+        ids: jax.Array,
+        w: jax.Array,
+        t: jax.Array,
+        s: jax.Array,
+        L: jax.Array,
+    ) -> tuple[PyTree, jax.Array]:
+        """One simulated step of one test example.
 
         Args:
           p: ``per_test()`` with the leading ``M`` axis removed (one test example).
-          batch: ``int32[B]`` training ids of step ``t``; ``-1`` is padding.
+          state: the state after step ``t - 1``.
+          ids: ``int32[B]`` training ids of step ``t`` (padding clipped to 0).
+          w: ``float32[B]`` their weights (1 per occurrence, 0 for padding).
           t: the step number, 1-based.
+          s: the step's learning-rate scale ``eta_t / eta_ref`` (1 when not ``lr_scaled``).
+          L: the simulated loss after step ``t - 1``.
+
+        Returns:
+          ``(state after step t, L^_t)``.
         """
+
+    def replace(self, **changes) -> Simulator:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def lr_reference(self) -> float | None:
+        """``eta_ref`` of ``s_t = eta_t / eta_ref``, or ``None`` if the simulator ignores the
+        schedule (then ``s_t = 1`` and learning rates given to a rollout are ignored)."""
+        return None
 
     @property
     def num_test(self) -> int:
         return jax.tree_util.tree_leaves(self.per_test())[0].shape[0]
 
+    @property
+    def num_train(self) -> int | None:
+        """The pool size N the simulator has parameters for, if it has a fixed one."""
+        seen = self.seen_ids()
+        return None if seen is None else int(seen.shape[0])
+
     def seen_ids(self) -> jax.Array | None:
         """``bool[N]`` ids that had data in the fit, or ``None`` if every id is valid."""
         return None
+
+    def restrict(self, tests) -> Simulator:
+        """The simulator on a subset of its test examples (``int[M']`` indices)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be restricted to test examples")
+
+    def count_effects(self):
+        """``(alpha0, A [M, N], B [M, N])`` if the simulator's step is plain Simfluence-Linear
+        in the batch count vector (what gradient curriculum search needs), else ``None``."""
+        return None
+
+
+class AffineSimulator(Simulator):
+    """A simulator whose step is ``L^_t = alpha_t L^_{t-1} + beta_t`` with ``(alpha_t,
+    beta_t)`` independent of the loss; it has a closed form for the final loss."""
+
+    @abc.abstractmethod
+    def affine_step(self, p, state, ids, w, t, s) -> tuple[PyTree, jax.Array, jax.Array]:
+        """``(state after step t, alpha_t, beta_t)`` for one test example."""
+
+    def step(self, p, state, ids, w, t, s, L):
+        state, alpha, beta = self.affine_step(p, state, ids, w, t, s)
+        return state, (alpha * L + beta).astype(L.dtype)
 
 
 def batch_mask(batch: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns ``(safe_ids, weight)``: padding ids clipped to 0 with weight 0."""
     valid = batch >= 0
     return jnp.where(valid, batch, 0), valid.astype(jnp.float32)
-
-
-def rollout_one(sim: Simulator, p: PyTree, batches: jax.Array, L0: jax.Array) -> jax.Array:
-    """Rolls one test example along one curriculum.
-
-    Args:
-      sim: the simulator (only its static rule is used; ``p`` carries the parameters).
-      p: one test example's parameters.
-      batches: ``int32[T, B]``.
-      L0: scalar starting loss.
-
-    Returns:
-      ``float32[T+1]``: L_0 followed by the simulated L^_1..L^_T.
-    """
-    T = batches.shape[0]
-
-    def step(L, xs):
-        batch, t = xs
-        alpha, beta = step_coefficients(sim, p, batch, t)
-        L_next = (alpha * L + beta).astype(L.dtype)
-        return L_next, L_next
-
-    L0 = jnp.asarray(L0, jnp.float32)
-    _, Ls = jax.lax.scan(step, L0, (batches, jnp.arange(1, T + 1)))
-    return jnp.concatenate([L0[None], Ls])
-
-
-def step_coefficients(sim: Simulator, p: PyTree, batch: jax.Array, t: jax.Array):
-    """``sim.coefficients``, except that an all-padding step is no update: (1, 0).
-
-    This lets curricula of different lengths be stacked by padding them with ``-1`` steps.
-    """
-    alpha, beta = sim.coefficients(p, batch, t)
-    empty = jnp.all(batch < 0)
-    return jnp.where(empty, 1.0, alpha), jnp.where(empty, 0.0, beta)
-
-
-def coefficient_sequence(sim: Simulator, p: PyTree, batches: jax.Array):
-    """``(alpha[T], beta[T])`` of one test example along a curriculum ``int32[T, B]``."""
-    T = batches.shape[0]
-    return jax.vmap(lambda b, t: step_coefficients(sim, p, b, t))(batches, jnp.arange(1, T + 1))

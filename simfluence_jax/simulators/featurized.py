@@ -23,11 +23,10 @@ change": a freshly initialised map (``W_out = 0``) is the constant simulator, an
 decay pulls towards it; it is also insensitive to ragged batches. An id repeated in a
 batch counts twice; ``-1`` padding counts zero times.
 
-Order 1 is a ``Simulator``: ``per_test()`` materialises ``A, B: float32[M, N]`` from the
-map, so ``rollout``, ``closed_form_final``, the counterfactuals and the search work
-unchanged, and ``as_linear()`` returns the equivalent ``LinearSimulator``. Order ``n > 1``
-does not fit the first-order interface (its state is the last ``n`` losses); use
-``rollout_markov`` here, which handles every order (and equals ``rollout`` for order 1).
+Every order is a ``Simulator``: its state is the history ``(L_{t-1}, ..., L_{t-n})``, so
+``rollout``, the counterfactuals, LDS and the searches use it like any other simulator.
+``as_linear()`` returns the equivalent ``LinearSimulator`` of order 1 (which has a closed
+form).
 """
 
 from __future__ import annotations
@@ -36,16 +35,15 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
-from simfluence_jax.simulators.base import Simulator, batch_mask
+from simfluence_jax.simulators.base import Simulator, simulator_dataclass, static_field
 from simfluence_jax.simulators.linear import LinearSimulator
 
 #: The learned fields of ``FeaturizedSimulator`` (the rest are data or fixed).
 TRAINABLE = ("P", "Q", "W_x", "W_z", "W_xz", "b_h", "W_out", "b_out")
 
 
-@struct.dataclass
+@simulator_dataclass
 class FeaturizedSimulator(Simulator):
     """Simfluence with (A, B) predicted from embeddings; see the module docstring.
 
@@ -80,10 +78,10 @@ class FeaturizedSimulator(Simulator):
     W_out: jax.Array
     b_out: jax.Array
     l2: float = float("nan")
-    order: int = struct.field(pytree_node=False, default=1)
-    out_scale: float = struct.field(pytree_node=False, default=0.1)
-    tied: bool = struct.field(pytree_node=False, default=False)
-    name: str = struct.field(pytree_node=False, default="featurized")
+    order: int = static_field(1)
+    out_scale: float = static_field(0.1)
+    tied: bool = static_field(False)
+    name: str = static_field("featurized")
 
     # Parameters ------------------------------------------------------------------------
     def pair_outputs(self, train_features=None, test_features=None) -> jax.Array:
@@ -103,22 +101,35 @@ class FeaturizedSimulator(Simulator):
         out = self.pair_outputs()
         return out[..., : self.order], out[..., self.order]
 
-    # The Simulator interface (order 1) -------------------------------------------------
+    # The Simulator interface -------------------------------------------------------------
     def per_test(self):
-        A, B = self.effects()
-        if self.order == 1:
-            return (A[..., 0], B)
-        return (A, B)
+        return self.effects()
 
-    def coefficients(self, p, batch, t):
+    def init_state(self, p, L0):
+        return jnp.full((self.order,), L0, jnp.float32)
+
+    def step(self, p, state, ids, w, t, s, L):
+        A, B = p  # [N, n], [N]
+        a = jnp.sum(A[ids] * w[:, None], axis=0)  # sum_{i in c_t} A^(k)_i, k = 1..n
+        b = jnp.sum(B[ids] * w)
+        if self.order == 1:
+            L_new = (1.0 + a[0]) * L + b
+        else:
+            L_new = markov_update(state, a, b)
+        L_new = L_new.astype(L.dtype)
+        return jnp.concatenate([L_new[None], state[:-1]]), L_new
+
+    def seen_ids(self):
+        return jnp.ones(self.num_train, bool)
+
+    def restrict(self, tests):
+        return self.with_features(test=jnp.asarray(self.test_features)[tests])
+
+    def count_effects(self):
         if self.order != 1:
-            raise ValueError(
-                f"a featurized simulator of Markov order {self.order} has no first-order "
-                "coefficients; simulate it with simulators.featurized.rollout_markov"
-            )
-        A, B = p
-        ids, w = batch_mask(batch)
-        return 1.0 + jnp.sum(A[ids] * w), jnp.sum(B[ids] * w)
+            return None
+        A, B = self.effects()
+        return 1.0, A[..., 0], B
 
     @property
     def num_test(self) -> int:
@@ -155,9 +166,9 @@ class FeaturizedSimulator(Simulator):
             raise ValueError(
                 f"only order 1 has a linear equivalent, this one has order {self.order}"
             )
-        A, B = self.per_test()
+        A, B = self.effects()
         seen = jnp.ones(self.num_train, bool)
-        return LinearSimulator(A=A, B=B, seen=seen, alpha0=1.0, name=self.name, l2=self.l2)
+        return LinearSimulator(A=A[..., 0], B=B, seen=seen, alpha0=1.0, name=self.name, l2=self.l2)
 
 
 @partial(jax.jit, static_argnames=("out_scale", "tied"))
@@ -177,13 +188,7 @@ def _pair_map(x, z, w, *, out_scale: float, tied: bool) -> jax.Array:
     return out_scale * (jax.nn.gelu(pre) @ w["W_out"] + w["b_out"])
 
 
-# Rollout of any order ----------------------------------------------------------------------
-def step_sums(A: jax.Array, B: jax.Array, batch: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Sums over one batch ``int32[Bsz]`` of ``A: [N, n]`` and ``B: [N]`` -> ``([n], [])``."""
-    ids, w = batch_mask(batch)
-    return jnp.sum(A[ids] * w[:, None], axis=0), jnp.sum(B[ids] * w)
-
-
+# The order-n update ------------------------------------------------------------------------
 def markov_update(history: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
     """One step of the order-n update for one test example.
 
@@ -196,62 +201,3 @@ def markov_update(history: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
       scalar L_t = L_{t-1} + sum_k a_k L_{t-k} + b.
     """
     return history[0] + jnp.dot(a, history) + b
-
-
-def _rollout_one(A, B, batches, L0):
-    """``A: [N, n]``, ``B: [N]``, ``batches: int32[T, Bsz]``, scalar L0 -> ``float32[T+1]``."""
-    n = A.shape[-1]
-
-    def step(history, batch):
-        a, b = step_sums(A, B, batch)
-        L = markov_update(history, a, b).astype(history.dtype)
-        return jnp.concatenate([L[None], history[:-1]]), L
-
-    L0 = jnp.asarray(L0, jnp.float32)
-    _, Ls = jax.lax.scan(step, jnp.full((n,), L0), batches)
-    return jnp.concatenate([L0[None], Ls])
-
-
-@jax.jit
-def _rollout_markov(A, B, batches, L0):
-    """``A: [M, N, n]``, ``B: [M, N]``, ``batches: [C, T, Bsz]``, ``L0: [C, M]`` ->
-    ``float32[C, T+1, M]``."""
-    over_c = jax.vmap(_rollout_one, in_axes=(None, None, 0, 0))  # curricula
-    over_m = jax.vmap(over_c, in_axes=(0, 0, None, 1), out_axes=2)  # test examples
-    return over_m(A, B, batches, L0)
-
-
-def rollout_markov(sim: FeaturizedSimulator, batches, L0) -> jax.Array:
-    """Simulated trajectories of a featurized simulator of any order; pure, jit-safe.
-
-    Args:
-      sim: a ``FeaturizedSimulator``.
-      batches: ``int32[..., T, Bsz]`` curricula (``-1`` = padding).
-      L0: ``float32[..., M]`` (or ``[M]``, broadcast) starting losses.
-
-    Returns:
-      ``float32[..., T+1, M]`` with L_0 as row 0; equals ``rollout`` for order 1.
-    """
-    batches = jnp.asarray(batches, jnp.int32)
-    if batches.ndim < 2:
-        raise ValueError(f"batches must have shape [..., T, B], got shape {batches.shape}")
-    lead = batches.shape[:-2]
-    M = sim.num_test
-    L0 = jnp.asarray(L0, jnp.float32)
-    if L0.shape[-1:] != (M,):
-        raise ValueError(f"L0 must end in the simulator's M = {M} test examples, got {L0.shape}")
-    L0 = jnp.broadcast_to(L0, lead + (M,)).reshape(-1, M)
-    flat = batches.reshape((-1,) + batches.shape[-2:])
-    A, B = sim.effects()
-    out = _rollout_markov(A, B, flat, L0)
-    return out.reshape(lead + out.shape[1:])
-
-
-def rollout_any(sim: Simulator, batches, L0) -> jax.Array:
-    """``rollout_markov`` for featurized simulators of order > 1, ``rollout`` otherwise:
-    ``float32[..., T+1, M]``."""
-    if isinstance(sim, FeaturizedSimulator) and sim.order > 1:
-        return rollout_markov(sim, batches, L0)
-    from simfluence_jax.rollout import rollout
-
-    return rollout(sim, batches, L0)

@@ -1,74 +1,99 @@
-"""Simfluence-Linear and its special cases as one index-based simulator.
+"""Simfluence-Linear, its optimizer kernel and its special cases as one index-based simulator.
 
 For one test example, with per-training-example parameters ``A, B: float32[N]``
-(Guu et al., 2023, arXiv 2303.08114, section 4):
+(Guu et al., 2023, arXiv 2303.08114, section 4) and ``m(c_t)`` the count vector of the
+batch of step t (an id repeated in a batch counts twice, ``-1`` padding zero times), the
+optimizer kernel of docs/design.md ("The optimizer kernel") filters the counts the way a
+momentum buffer filters gradients:
 
-    L_t = alpha(c_t) * L_{t-1} + beta(c_t)
-    alpha(c_t) = alpha0 + sum_{i in c_t} A_i       beta(c_t) = sum_{i in c_t} B_i (+ drift_t)
+    x_t = mu x_{t-1} + m(c_t),   x_0 = 0
+    alpha_t = alpha0 + s_t A . x_t,     beta_t = s_t B . x_t
+    L_t = alpha_t L_{t-1} + beta_t
+
+with ``s_t = eta_t / eta_ref`` when the simulator is ``lr_scaled`` (``eta_ref`` the largest
+learning rate of the fitting runs) and 1 otherwise. ``mu = 0`` and ``s_t = 1`` is the
+paper's Simfluence-Linear exactly. Only ``A . x_t`` and ``B . x_t`` are needed, so the state
+of the rollout is the pair ``(a_t, b_t) = (A . x_t, B . x_t)``, updated as
+``a_t = mu a_{t-1} + A . m(c_t)``.
 
 ``alpha0 = 0`` is the plain-sum form the paper and GPTfluence use; ``alpha0 = 1`` is the
-``one_plus_sum`` form, under which ridge shrinkage pulls towards "no change". An id repeated
-in a batch counts twice; ``-1`` padding counts zero times.
+``one_plus_sum`` form, under which ridge shrinkage pulls towards "no change".
 
 Special cases (all the same class, different fitted parameters):
 
-* Additive (TracIn-like): ``alpha0 = 1``, ``A = 0``: L_t = L_{t-1} + sum B_i;
+* Additive (TracIn-like): ``alpha0 = 1``, ``A = 0``: L_t = L_{t-1} + s_t B . x_t;
 * Multiplicative: ``alpha0 = 0``, ``B = 0``;
-* constant control: ``alpha0 = 1``, ``A = B = 0``: L^_t = L_0;
-* gradient baselines (TracIn-CP, influence functions): additive with ``B`` from scores.
+* constant control: ``alpha0 = 1``, ``A = B = 0``: L^_t = L_0.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
-from flax import struct
 
-from simfluence_jax.simulators.base import Simulator, batch_mask
+from simfluence_jax.simulators.base import AffineSimulator, simulator_dataclass, static_field
 
 
-@struct.dataclass
-class LinearSimulator(Simulator):
-    """Index-based Simfluence-Linear family.
+@simulator_dataclass
+class LinearSimulator(AffineSimulator):
+    """Index-based Simfluence-Linear family with the optimizer kernel.
 
     Attributes:
       A: ``float32[M, N]`` multiplicative parameters per (test, train) pair.
       B: ``float32[M, N]`` additive parameters per (test, train) pair.
       seen: ``bool[N]`` training ids that occurred in the fitting runs.
-      alpha0: 0.0 (plain sum) or 1.0 (``one_plus_sum``, additive).
-      name: registry name of the simulator that produced it.
+      momentum: the kernel's ``mu`` in ``[0, 1)``; 0 is the paper's form.
+      lr_ref: ``eta_ref`` of ``s_t = eta_t / eta_ref``; ``nan`` unless ``lr_scaled``.
       l2: the ridge strength it was fitted with (``nan`` if not fitted by ridge).
-      scale: informational; the global scale applied to calibrated baselines.
+      alpha0: 0.0 (plain sum) or 1.0 (``one_plus_sum``, additive).
+      lr_scaled: whether the step's learning-rate scale multiplies the effects.
+      name: registry name of the simulator that produced it.
     """
 
     A: jax.Array
     B: jax.Array
     seen: jax.Array
-    alpha0: float = struct.field(pytree_node=False, default=0.0)
-    name: str = struct.field(pytree_node=False, default="linear")
-    l2: float = float("nan")
-    scale: float = 1.0
+    momentum: float = 0.0
+    lr_ref: float = math.nan
+    l2: float = math.nan
+    alpha0: float = static_field(0.0)
+    lr_scaled: bool = static_field(False)
+    name: str = static_field("linear")
 
     def per_test(self):
-        return (self.A, self.B)
+        M = jnp.shape(self.A)[0]
+        return (self.A, self.B, jnp.full((M,), self.momentum, jnp.float32))
 
-    def coefficients(self, p, batch, t):
-        A, B = p
-        ids, w = batch_mask(batch)
-        alpha = self.alpha0 + jnp.sum(A[ids] * w)
-        beta = jnp.sum(B[ids] * w)
-        return alpha, beta
+    def init_state(self, p, L0):
+        zero = jnp.zeros((), jnp.float32)
+        return (zero, zero)
+
+    def affine_step(self, p, state, ids, w, t, s):
+        A, B, mu = p
+        a = mu * state[0] + jnp.sum(A[ids] * w)
+        b = mu * state[1] + jnp.sum(B[ids] * w)
+        return (a, b), self.alpha0 + s * a, s * b
+
+    @property
+    def lr_reference(self):
+        return self.lr_ref if self.lr_scaled else None
 
     def seen_ids(self):
         return self.seen
 
-    @property
-    def num_train(self) -> int:
-        return self.A.shape[1]
+    def restrict(self, tests):
+        return self.replace(A=jnp.asarray(self.A)[tests], B=jnp.asarray(self.B)[tests])
+
+    def count_effects(self):
+        if float(self.momentum) != 0.0 or self.lr_scaled:
+            return None
+        return float(self.alpha0), jnp.asarray(self.A), jnp.asarray(self.B)
 
 
-@struct.dataclass
-class MeanSimulator(Simulator):
+@simulator_dataclass
+class MeanSimulator(AffineSimulator):
     """Control that ignores the curriculum: the mean trajectory of the fitting runs.
 
     L^_t = L^_{t-1} + delta_t, with delta_t the mean over fitting runs of L_t - L_{t-1}
@@ -79,12 +104,15 @@ class MeanSimulator(Simulator):
     """
 
     delta: jax.Array
-    name: str = struct.field(pytree_node=False, default="mean")
+    name: str = static_field("mean")
 
     def per_test(self):
         return self.delta
 
-    def coefficients(self, p, batch, t):
+    def affine_step(self, p, state, ids, w, t, s):
         T_fit = p.shape[0]
         beta = jnp.where(t <= T_fit, p[jnp.clip(t - 1, 0, T_fit - 1)], 0.0)
-        return jnp.float32(1.0), beta
+        return state, jnp.float32(1.0), beta
+
+    def restrict(self, tests):
+        return self.replace(delta=jnp.asarray(self.delta)[tests])

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
-from simfluence_jax.simulators.base import Simulator, batch_mask
+from simfluence_jax.simulators.base import AffineSimulator, simulator_dataclass, static_field
 
 
-@struct.dataclass
-class SegmentedSimulator(Simulator):
+@simulator_dataclass
+class SegmentedSimulator(AffineSimulator):
     """Additive simulator with segment-dependent, learning-rate-scaled decrements.
 
     Attributes:
@@ -45,7 +44,7 @@ class SegmentedSimulator(Simulator):
     segment: jax.Array
     seen: jax.Array
     scale: jax.Array = 1.0
-    name: str = struct.field(pytree_node=False, default="segmented")
+    name: str = static_field("segmented")
 
     def per_test(self):
         M = self.S.shape[0]
@@ -57,20 +56,18 @@ class SegmentedSimulator(Simulator):
             jnp.broadcast_to(jnp.asarray(self.scale, jnp.float32), (M,)),
         )
 
-    def coefficients(self, p, batch, t):
+    def affine_step(self, p, state, ids, w, t, s):
         S, eta, segment, scale = p
         step = jnp.clip(t - 1, 0, eta.shape[0] - 1)
-        ids, w = batch_mask(batch)
         count = jnp.maximum(w.sum(), 1.0)
         decrement = jnp.sum(S[segment[step], ids] * w)
-        return jnp.float32(1.0), -scale * eta[step] / count * decrement
+        return state, jnp.float32(1.0), -scale * eta[step] / count * decrement
 
     def seen_ids(self):
         return self.seen
 
-    @property
-    def num_train(self) -> int:
-        return self.S.shape[2]
+    def restrict(self, tests):
+        return self.replace(S=jnp.asarray(self.S)[tests])
 
     @property
     def num_segments(self) -> int:

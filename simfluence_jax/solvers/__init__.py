@@ -53,6 +53,7 @@ def solve_ridge(
     mesh=None,
     tol: float | None = None,
     maxiter: int | None = None,
+    x0=None,
 ):
     """Solves the ridge problem for every test example and every l2.
 
@@ -62,6 +63,7 @@ def solve_ridge(
       solver: ``"auto"``, ``"direct"``, ``"cg"`` or ``"dual"``.
       mesh: optional ``sharding.test_mesh()``; test examples are split over its devices.
       tol, maxiter: CG stopping rule (ignored by the exact solvers).
+      x0: CG's starting point ``float[M, P]`` (ignored by the exact solvers).
 
     Returns:
       ``(A, B, info)``: ``A, B`` of shape ``[K, M, N]`` (zeros for unknowns the problem
@@ -83,10 +85,14 @@ def solve_ridge(
         kw["maxiter"] = maxiter if maxiter is not None else max(200, 4 * problem.num_unknowns)
     ids = jnp.asarray(problem.ids)
     l2_arr = jnp.asarray(l2s, dtype)
+    kernel = () if problem.plain else tuple(map(jnp.asarray, problem.kernel_arrays(dtype)))
+    per_test = (jnp.asarray(problem.Lp), jnp.asarray(problem.y))
+    if name == "cg" and x0 is not None:
+        per_test += (jnp.asarray(x0, dtype),)
     out = map_over_test(
-        partial(_call, fn, kw),
-        (jnp.asarray(problem.Lp), jnp.asarray(problem.y)),
-        shared=(ids, l2_arr),
+        partial(_call, fn, kw, len(per_test) == 3),
+        per_test,
+        shared=(ids, l2_arr, *kernel),
         test_axis_out=1,
         mesh=mesh,
     )
@@ -100,8 +106,12 @@ def solve_ridge(
     return A, B, info
 
 
-def _call(fn, kw, Lp, y, ids, l2s):
-    return fn(ids, Lp, y, l2s, **kw)
+def _call(fn, kw, has_x0, Lp, y, *rest):
+    if has_x0:
+        x0, ids, l2s, *kernel = rest
+        return fn(ids, Lp, y, l2s, tuple(kernel) or None, x0, **kw)
+    ids, l2s, *kernel = rest
+    return fn(ids, Lp, y, l2s, tuple(kernel) or None, **kw)
 
 
 __all__ = ["RidgeProblem", "SOLVERS", "choose_solver", "solve_ridge"]

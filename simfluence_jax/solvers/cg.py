@@ -3,10 +3,13 @@
 Solves (X^T X + l2 I) theta = X^T y for every test example without forming X^T X: the
 matvec gathers the parameters of each row's B ids, forms the row predictions and scatters
 them back (``common.predict_rows`` / ``scatter_rows``), so memory is O(N + rows) per test
-example. A block-Jacobi preconditioner (the exact 2x2 block of each id's A and B columns)
+example. Rows of the optimizer kernel are the count rows filtered along each run
+(``x_t = sum_k F[t, k] m(c_k)``), applied as a T x T product between the gather and the
+scatter. A block-Jacobi preconditioner (the exact 2x2 block of each id's A and B columns)
 removes the near-collinearity of those two columns. The iteration stops when every test
 example's relative residual ``|r| / |X^T y|`` is below ``tol`` or after ``maxiter`` steps
-(Hestenes & Stiefel, 1952).
+(Hestenes & Stiefel, 1952). ``x0`` warm-starts it (e.g. from the solution at a nearby l2 or
+momentum).
 """
 
 from __future__ import annotations
@@ -16,27 +19,40 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from simfluence_jax.solvers.common import masked_ids, predict_rows, rhs_one, scatter_rows
+from simfluence_jax.solvers.common import (
+    dense_rows,
+    masked_ids,
+    predict_rows,
+    rhs_one,
+    scatter_rows,
+)
 
 
-def _block_diag_one(ids, w, Lp, num_train):
-    """Per-id 2x2 diagonal blocks of X^T X for one test example: (d_AA, d_AB, d_BB), ``[N]``.
+def _block_diag(ids, w, Lp, num_train, kernel):
+    """Per-id 2x2 diagonal blocks of X^T X for every test example: (d_AA, d_AB, d_BB),
+    each ``[M, N]`` (``Lp: [M, T, R]``)."""
+    if kernel is None:
+        # Plain rows: an id present k times in a row contributes k^2 times the row weight.
+        same = (ids[..., :, None] == ids[..., None, :]) & (w[..., :, None] > 0)
+        k = jnp.sum(same & (w[..., None, :] > 0), axis=-1).astype(Lp.dtype) * w  # [T, R, B]
 
-    An id present k times in a row contributes k^2 times that row's weight.
-    """
-    same = (ids[:, :, None] == ids[:, None, :]) & (w[:, :, None] > 0) & (w[:, None, :] > 0)
-    k = jnp.sum(same, axis=-1).astype(Lp.dtype) * w  # per slot: count of its id in the row
+        def scatter(v):  # v: [T, R] -> [N]
+            return jnp.zeros(num_train, Lp.dtype).at[ids].add(k * v[..., None])
 
-    def scatter(v):
-        return jnp.zeros(num_train, Lp.dtype).at[ids].add(k * v[:, None])
-
-    return scatter(Lp * Lp), scatter(Lp), scatter(jnp.ones_like(Lp))
+        per_test = jax.vmap(lambda lp: (scatter(lp * lp), scatter(lp), scatter(jnp.ones_like(lp))))
+        return per_test(Lp)
+    X2 = dense_rows(ids, w, num_train, kernel) ** 2  # [T, R, N]
+    return (
+        jnp.einsum("mtr,trn->mn", Lp * Lp, X2),
+        jnp.einsum("mtr,trn->mn", Lp, X2),
+        jnp.broadcast_to(jnp.sum(X2, axis=(0, 1)), (Lp.shape[0], num_train)),
+    )
 
 
 def _preconditioner(blocks, l2, num_train, use_A, use_B):
-    """Block-Jacobi inverse: the columns ``Lp m_i`` and ``m_i`` of one id are nearly
+    """Block-Jacobi inverse: the columns ``Lp x_i`` and ``x_i`` of one id are nearly
     collinear when the loss moves little, so their 2x2 block is inverted exactly."""
-    dAA, dAB, dBB = (b for b in blocks)
+    dAA, dAB, dBB = blocks
     N = num_train
     if use_A and use_B:
         a, c, d = dAA + l2, dAB, dBB + l2
@@ -57,6 +73,8 @@ def solve_cg(
     Lp,
     y,
     l2s,
+    kernel=None,
+    x0=None,
     *,
     num_train: int,
     use_A: bool = True,
@@ -70,35 +88,36 @@ def solve_cg(
       ids: ``int32[T, R, B]``.
       Lp, y: ``float[M, T, R]``.
       l2s: ``float[K]``.
+      kernel: ``(F [T, T], scales [T, R])`` for the optimizer kernel's rows, or ``None``.
+      x0: optional ``float[M, P]`` starting point (default zeros) for every l2.
 
     Returns:
       ``(theta float[K, M, P], iterations int32[K, M], rel_residual float[K, M])``; the
       iteration count is that of the whole batch, repeated per test example.
     """
-    ids, w = masked_ids(ids.reshape(-1, ids.shape[-1]))
+    ids, w = masked_ids(ids)
     dtype = Lp.dtype
     w = w.astype(dtype)
     M = Lp.shape[0]
-    Lp = Lp.reshape(M, -1)
-    y = y.reshape(M, -1)
-    args = (num_train, use_A, use_B)
+    args = (num_train, use_A, use_B, kernel)
 
     def gram(theta, lp):
         return scatter_rows(predict_rows(theta, ids, w, lp, *args), ids, w, lp, *args)
 
     batched_gram = jax.vmap(gram)
     rhs = jax.vmap(lambda lp, yy: rhs_one(ids, w, lp, yy, *args))(Lp, y)
-    blocks = jax.vmap(lambda lp: _block_diag_one(ids, w, lp, num_train))(Lp)
+    blocks = _block_diag(ids, w, Lp, num_train, kernel)
     rhs_norm = jnp.maximum(jnp.linalg.norm(rhs, axis=-1), jnp.finfo(dtype).tiny)
+    start = jnp.zeros_like(rhs) if x0 is None else jnp.asarray(x0, dtype)
 
     def solve(l2):
-        precond = _preconditioner(blocks, l2, *args)
+        precond = _preconditioner(blocks, l2, num_train, use_A, use_B)
 
         def matvec(x):
             return batched_gram(x, Lp) + l2 * x
 
-        x = jnp.zeros_like(rhs)
-        r = rhs
+        x = start
+        r = rhs - matvec(x)
         z = precond(r)
         p = z
         rz = jnp.sum(r * z, axis=-1)

@@ -1,0 +1,213 @@
+"""The optimizer kernel: a synthetic world drawn from the kernel law, an exact NumPy ridge of
+the same model written here, and the checks on learning rates and momentum."""
+
+import jax
+import numpy as np
+import pytest
+
+import simfluence_jax as sj
+from simfluence_jax import metrics
+from simfluence_jax.runs import RunSet
+from simfluence_jax.sampling import sample_curricula
+
+MU = 0.8
+L2 = 1e-3
+
+
+def _schedule(T: int, warmup: int = 4, peak: float = 0.1) -> np.ndarray:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then linear decay to peak / 10."""
+    t = np.arange(1, T + 1)
+    up = t / warmup
+    down = 1.0 - 0.9 * (t - warmup) / (T - warmup)
+    return (peak * np.where(t <= warmup, up, down)).astype(np.float32)
+
+
+def _world(mu: float, schedule: bool, seed: int = 0, num_runs: int = 60):
+    """Runs from the kernel law (one_plus_sum form): ``L_t = (1 + s_t A.x_t) L_{t-1} +
+    s_t B.x_t + noise``, ``x_t = mu x_{t-1} + m(c_t)``."""
+    rng = np.random.default_rng(seed)
+    N, M, Bsz = 40, 6, 4
+    batches = sample_curricula(
+        num_runs=num_runs, pool_size=N, batch_size=Bsz, subset_size=32, epochs=3, seed=seed
+    )
+    R, T, _ = batches.shape
+    eta = _schedule(T) if schedule else np.full(T, 0.1, np.float32)
+    s = eta / eta.max()
+    A = -rng.uniform(0.0, 0.004, (M, N))
+    B = rng.uniform(-0.006, 0.002, (M, N))
+    L = np.empty((R, T + 1, M))
+    L[:, 0] = rng.uniform(1.0, 2.0, M)
+    a = np.zeros((R, M))
+    b = np.zeros((R, M))
+    for t in range(T):
+        counts = np.zeros((R, N))
+        np.add.at(counts, (np.arange(R)[:, None], batches[:, t]), 1.0)
+        a = mu * a + counts @ A.T
+        b = mu * b + counts @ B.T
+        L[:, t + 1] = (1 + s[t] * a) * L[:, t] + s[t] * b + 0.002 * rng.standard_normal((R, M))
+    rates = np.tile(eta, (R, 1))
+    return RunSet(batches=batches, losses=L, num_train=N, learning_rates=rates)
+
+
+def _numpy_ridge(runs: RunSet, mu: float, l2: float):
+    """The kernel model's teacher-forced ridge, written out densely: ``(A, B) [M, N]``."""
+    R, T, _ = runs.batches.shape
+    N, M = runs.num_train, runs.num_test
+    s = runs.learning_rates / runs.learning_rates.max()
+    X = np.zeros((R, T, N))
+    x = np.zeros((R, N))
+    for t in range(T):
+        counts = np.zeros((R, N))
+        np.add.at(counts, (np.arange(R)[:, None], runs.batches[:, t]), 1.0)
+        x = mu * x + counts
+        X[:, t] = s[:, t, None] * x
+    X = X.reshape(R * T, N)
+    A, B = np.zeros((M, N)), np.zeros((M, N))
+    for j in range(M):
+        Lp = runs.losses[:, :-1, j].reshape(-1)
+        y = runs.losses[:, 1:, j].reshape(-1) - Lp
+        D = np.concatenate([X * Lp[:, None], X], axis=1)
+        theta = np.linalg.solve(D.T @ D + l2 * np.eye(2 * N), D.T @ y)
+        A[j], B[j] = theta[:N], theta[N:]
+    return A, B
+
+
+def _mse(sim, runs):
+    return metrics.all_steps_mse(sj.predict(sim, runs), runs.losses)[0]
+
+
+@pytest.fixture(scope="module")
+def kernel_world():
+    return _world(MU, schedule=True).split(40, 10, 10)
+
+
+def test_true_momentum_matches_an_exact_numpy_ridge(kernel_world):
+    fit, val, test = kernel_world
+    A, B = _numpy_ridge(fit, MU, L2)
+    # In float64 every solver solves exactly the NumPy ridge.
+    with jax.enable_x64(True):
+        for solver in ("direct", "cg", "dual"):
+            sim = sj.fit_simulator(
+                "linear", fit, momentum=MU, lr_scaled=True, alpha="one_plus_sum", l2=L2,
+                solver=solver, dtype=np.float64,
+            )  # fmt: skip
+            np.testing.assert_allclose(np.asarray(sim.A), A, rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(np.asarray(sim.B), B, rtol=1e-6, atol=1e-9)
+    # The default float32 fit predicts held-out runs as well as the exact ridge.
+    sim = sj.fit_simulator("linear", fit, momentum=MU, lr_scaled=True, alpha="one_plus_sum",
+                           l2=L2)  # fmt: skip
+    ref = sim.replace(A=A.astype(np.float32), B=B.astype(np.float32))
+    mse_fit, mse_ref = _mse(sim, test), _mse(ref, test)
+    assert mse_fit <= 1.1 * mse_ref, (mse_fit, mse_ref)
+
+
+def test_auto_momentum_is_close_and_the_paper_form_is_worse(kernel_world):
+    fit, val, test = kernel_world
+    ref = _numpy_ridge(fit, MU, L2)
+    exact = sj.fit_simulator("linear", fit, momentum=MU, lr_scaled=True,
+                             alpha="one_plus_sum", l2=L2)  # fmt: skip
+    mse_ref = _mse(exact.replace(A=ref[0].astype(np.float32), B=ref[1].astype(np.float32)), test)
+    auto = sj.fit_simulator(
+        "linear", fit, validation=val, momentum="auto", lr_scaled=True, alpha="one_plus_sum"
+    )
+    assert 0.6 <= auto.momentum <= 0.95, auto.momentum
+    assert _mse(auto, test) <= 1.25 * mse_ref, (_mse(auto, test), mse_ref)
+    paper = sj.fit_simulator("linear", fit, validation=val, alpha="one_plus_sum")
+    assert _mse(paper, test) > 3 * mse_ref, (_mse(paper, test), mse_ref)
+
+
+def test_zero_momentum_constant_rate_is_the_paper_form():
+    fit, val, test = _world(0.0, schedule=False, seed=1, num_runs=30).split(20, 5, 5)
+    plain = sj.fit_simulator("linear", fit, validation=val)
+    zero = sj.fit_simulator("linear", fit, validation=val, momentum=0.0)
+    assert zero.momentum == 0.0 and not zero.lr_scaled
+    np.testing.assert_array_equal(np.asarray(zero.A), np.asarray(plain.A))
+    np.testing.assert_array_equal(np.asarray(zero.B), np.asarray(plain.B))
+    np.testing.assert_array_equal(sj.predict(zero, test), sj.predict(plain, test))
+    # With a constant rate, lr_scaled only rescales the parameters: same predictions.
+    scaled = sj.fit_simulator("linear", fit, validation=val, lr_scaled=True)
+    np.testing.assert_allclose(sj.predict(scaled, test), sj.predict(plain, test), atol=1e-4)
+
+
+def test_learning_rates_are_checked(kernel_world):
+    fit, val, test = kernel_world
+    sim = sj.fit_simulator("linear", fit, momentum=0.5, lr_scaled=True, l2=0.1)
+    with pytest.raises(ValueError, match="lr_scaled"):
+        sj.simulate(sim, test.batches, test.L0)
+    with pytest.raises(ValueError, match="must end in the curricula's T"):
+        sj.simulate(sim, test.batches, test.L0, learning_rates=test.learning_rates[:, :-1])
+    bad = test.learning_rates.copy()
+    bad[0, 3] = np.nan
+    with pytest.raises(ValueError, match="learning_rates contains NaN"):
+        sj.simulate(sim, test.batches, test.L0, learning_rates=bad)
+    with pytest.raises(ValueError, match=">= 0"):
+        sj.simulate(sim, test.batches, test.L0, learning_rates=-test.learning_rates)
+    L0 = test.L0.copy()
+    L0[1, 2] = np.inf
+    with pytest.raises(ValueError, match="L0 contains NaN or infinite"):
+        sj.simulate(sim, test.batches, L0, learning_rates=test.learning_rates)
+    # A simulator that ignores the schedule accepts and ignores it.
+    plain = sj.fit_simulator("linear", fit, l2=0.1)
+    np.testing.assert_array_equal(
+        sj.simulate(plain, test.batches, test.L0),
+        sj.simulate(plain, test.batches, test.L0, learning_rates=test.learning_rates * 3),
+    )
+    for momentum in (-0.1, 1.0, 1.5, float("nan"), "fast"):
+        with pytest.raises(ValueError, match="momentum"):
+            sj.fit_simulator("linear", fit, momentum=momentum, l2=0.1)
+    with pytest.raises(ValueError, match="validation"):
+        sj.fit_simulator("linear", fit, momentum="auto")
+    no_rates = RunSet(batches=fit.batches, losses=fit.losses, num_train=fit.num_train)
+    with pytest.raises(ValueError, match="learning rates of the fitting runs"):
+        sj.fit_simulator("linear", no_rates, lr_scaled=True, l2=0.1)
+    with pytest.raises(ValueError, match="learning_rates must have shape"):
+        RunSet(batches=fit.batches, losses=fit.losses, learning_rates=fit.learning_rates[:, 1:])
+    with pytest.raises(ValueError, match=">= 0"):
+        RunSet(batches=fit.batches, losses=fit.losses, learning_rates=-fit.learning_rates)
+
+
+def test_learning_rates_travel_with_runs(kernel_world, tmp_path):
+    fit, val, test = kernel_world
+    both = RunSet.concatenate([fit, test])
+    np.testing.assert_array_equal(
+        both.learning_rates, np.concatenate([fit.learning_rates, test.learning_rates])
+    )
+    np.testing.assert_array_equal(both.select([3, 0]).learning_rates, both.learning_rates[[3, 0]])
+    back = RunSet.load(both.save(tmp_path / "runs"))
+    np.testing.assert_array_equal(back.learning_rates, both.learning_rates)
+    no_rates = RunSet(batches=test.batches, losses=test.losses, num_train=test.num_train)
+    with pytest.raises(ValueError, match="no learning rates"):
+        RunSet.concatenate([fit, no_rates])
+
+
+def test_unknown_keywords_and_bad_l2_are_named(kernel_world):
+    fit, val, _ = kernel_world
+    with pytest.raises(ValueError, match="constant does not take 'l2'"):
+        sj.fit_simulator("constant", fit, l2=-1.0)
+    with pytest.raises(ValueError, match="linear does not take 'momentun'"):
+        sj.fit_simulator("linear", fit, momentun=0.9)
+    for l2 in (-1.0, 0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="l2 must be a finite number > 0"):
+            sj.fit_simulator("linear", fit, l2=l2)
+    with pytest.raises(ValueError, match="no simulator among"):
+        sj.fit_all(["linear", "mean"], fit, l2s=0.1)
+
+
+def test_prior_is_the_shrinkage_target(kernel_world):
+    fit, _, test = kernel_world
+    kw = dict(momentum=MU, lr_scaled=True, alpha="one_plus_sum")
+    free = sj.fit_simulator("linear", fit, l2=L2, **kw)
+    rng = np.random.default_rng(5)
+    prior = free.replace(
+        A=rng.normal(0, 1e-3, free.A.shape).astype(np.float32),
+        B=rng.normal(0, 1e-3, free.B.shape).astype(np.float32),
+    )
+    # A huge l2 returns the prior itself; a tiny one the free fit (the prior's pull vanishes).
+    stiff = sj.fit_simulator("linear", fit, l2=1e10, prior=prior, **kw)
+    np.testing.assert_allclose(np.asarray(stiff.A), np.asarray(prior.A), atol=1e-7)
+    np.testing.assert_allclose(np.asarray(stiff.B), np.asarray(prior.B), atol=1e-7)
+    loose = sj.fit_simulator("linear", fit, l2=1e-6, prior=prior, **kw)
+    tight = sj.fit_simulator("linear", fit, l2=1e-6, **kw)
+    np.testing.assert_allclose(sj.predict(loose, test), sj.predict(tight, test), atol=2e-3)
+    with pytest.raises(ValueError, match=r"shape \[M, N\]"):
+        sj.fit_simulator("linear", fit, l2=0.1, prior=prior.restrict(np.arange(2)), **kw)
