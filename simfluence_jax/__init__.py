@@ -3,51 +3,75 @@
 The core (this namespace) needs only JAX and NumPy: run records, simulators, exact solvers,
 rollouts, counterfactual edits and metrics. Models, the training loop and the gradient
 baselines live in subpackages that import Flax and optax.
+
+Names are imported on first use, so ``simfluence_jax.logger`` and ``simfluence_jax.importers``
+load inside a training process written in another framework without importing JAX.
 """
 
-from simfluence_jax import counterfactuals, metrics
-from simfluence_jax.evaluation import evaluate, evaluate_all, format_table, predict
-from simfluence_jax.fitting import DEFAULT_L2, DEFAULT_L2_GRID, SIMULATORS, fit_all, fit_simulator
-from simfluence_jax.rollout import (
-    DivergenceWarning,
-    UnseenExampleWarning,
-    closed_form_final,
-    diverged,
-    rollout,
-    simulate,
-)
-from simfluence_jax.runs import RunSet
-from simfluence_jax.sharding import test_mesh
-from simfluence_jax.simulators import LinearSimulator, MeanSimulator, Simulator
-from simfluence_jax.solvers import SOLVERS, RidgeProblem, choose_solver, solve_ridge
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_L2",
-    "DEFAULT_L2_GRID",
-    "SIMULATORS",
-    "SOLVERS",
-    "DivergenceWarning",
-    "LinearSimulator",
-    "MeanSimulator",
-    "RidgeProblem",
-    "RunSet",
-    "Simulator",
-    "UnseenExampleWarning",
-    "choose_solver",
-    "closed_form_final",
-    "counterfactuals",
-    "diverged",
-    "evaluate",
-    "evaluate_all",
-    "fit_all",
-    "fit_simulator",
-    "format_table",
-    "metrics",
-    "predict",
-    "rollout",
-    "simulate",
-    "solve_ridge",
-    "test_mesh",
-]
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "counterfactuals": None,
+    "metrics": None,
+    "evaluate": "evaluation",
+    "evaluate_all": "evaluation",
+    "format_table": "evaluation",
+    "predict": "evaluation",
+    "DEFAULT_L2": "fitting",
+    "DEFAULT_L2_GRID": "fitting",
+    "SIMULATORS": "fitting",
+    "fit_all": "fitting",
+    "fit_simulator": "fitting",
+    "read_gptfluence": "importers",
+    "read_long": "importers",
+    "write_gptfluence": "importers",
+    "RunLogger": "logger",
+    "DivergenceWarning": "rollout",
+    "UnseenExampleWarning": "rollout",
+    "closed_form_final": "rollout",
+    "diverged": "rollout",
+    "rollout": "rollout",
+    "simulate": "rollout",
+    "RunSet": "runs",
+    "test_mesh": "sharding",
+    "LinearSimulator": "simulators",
+    "MeanSimulator": "simulators",
+    "Simulator": "simulators",
+    "SOLVERS": "solvers",
+    "RidgeProblem": "solvers",
+    "choose_solver": "solvers",
+    "solve_ridge": "solvers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{_EXPORTS[name] or name}")
+    value = module if _EXPORTS[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Namespace(types.ModuleType):
+    """Keeps ``simfluence_jax.rollout`` the function: importing the submodule of the same
+    name would otherwise bind the module to that attribute."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Namespace

@@ -14,6 +14,8 @@ Examples::
     simfluence simulate --simulators sims/ --name linear --runs runs/runset --run 0 \\
         --remove 3,17 --out cf.csv
     simfluence report --runs runs/runset --out report/
+    simfluence import gptfluence runs/rte/seed-* --out imported/
+    simfluence import long --losses losses.csv --curricula curricula.csv --out imported/
 """
 
 from __future__ import annotations
@@ -32,14 +34,45 @@ from simfluence_jax.pipeline import config as cfgs
 
 
 def _gin():
+    # gin's system-path reader calls importlib.util without importing it; outside a source
+    # checkout nothing else may have imported it yet.
+    import importlib.util  # noqa: F401
+
     import gin
 
     return gin
 
 
 _CONFIGURED = False
+
+
+def _bundled_gin_configs() -> Path:
+    """``simfluence_jax/gin_configs`` in an installed wheel (package data), else the
+    ``gin_configs/`` folder of the source checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "gin_configs"
+    return installed if installed.is_dir() else here.parent / "gin_configs"
+
+
 #: The bundled gin files; ``include 'models/minilm.gin'`` resolves against this folder.
-GIN_CONFIGS = Path(__file__).resolve().parents[1] / "gin_configs"
+GIN_CONFIGS = _bundled_gin_configs()
+
+
+def find_gin_file(name: str | Path) -> Path:
+    """A gin file by path, or else among the bundled configs: ``quickstart.gin``,
+    ``experiments/quickstart.gin`` and ``gin_configs/experiments/quickstart.gin`` all name
+    the bundled quickstart, from any working directory."""
+    path = Path(name)
+    if path.exists():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("gin_configs",) else path.parts
+    for folder in (GIN_CONFIGS, GIN_CONFIGS / "experiments"):
+        candidate = folder.joinpath(*parts)
+        if parts and candidate.is_file():
+            return candidate
+    raise ValueError(
+        f"gin file {name} does not exist (nor among the bundled configs in {GIN_CONFIGS})"
+    )
 
 
 def _register_configurables():
@@ -67,10 +100,9 @@ def parse_gin(gin_files, bindings) -> None:
     _register_configurables()
     gin = _gin()
     gin.clear_config()
+    gin_files = [find_gin_file(f) for f in gin_files]
     for f in gin_files:
-        if not Path(f).exists():
-            raise ValueError(f"gin file {f} does not exist")
-        gin.add_config_file_search_path(str(Path(f).resolve().parent.parent))
+        gin.add_config_file_search_path(str(f.resolve().parent.parent))
     gin.add_config_file_search_path(str(GIN_CONFIGS))
     # gin logs an error for every search path an include is not found in before the one it
     # is found in; a missing include still raises below, naming the file.
@@ -78,7 +110,7 @@ def parse_gin(gin_files, bindings) -> None:
     quiet.filter = lambda record: not str(record.msg).startswith("Path not found")
     logging.getLogger().addFilter(quiet)
     try:
-        gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+        gin.parse_config_files_and_bindings([str(f) for f in gin_files], list(bindings))
     except (ValueError, KeyError, SyntaxError, ImportError, OSError) as e:
         raise ValueError(f"bad gin configuration: {e}") from None
     finally:
@@ -266,6 +298,22 @@ def cmd_simulate(args) -> np.ndarray:
     return traj
 
 
+def cmd_import(args) -> Path:
+    from simfluence_jax.importers import read_gptfluence, read_long
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} already exists; pass --overwrite to replace it")
+    if args.format == "gptfluence":
+        runs = read_gptfluence(args.run_dirs, pad=args.pad)
+    else:
+        runs = read_long(args.losses, args.curricula, pad=args.pad)
+    path = runs.save(out, overwrite=args.overwrite)
+    print(f"{runs} imported and saved to {path}")
+    print(f"next: simfluence fit --runs {path} --out sims/")
+    return path
+
+
 def cmd_report(args) -> Path:
     from simfluence_jax.evaluation import predict
     from simfluence_jax.pipeline.experiment import group_of
@@ -350,6 +398,29 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--reverse", action="store_true", help="reverse the step order")
     sp.add_argument("--move_to_end", help="comma-separated ids to train on last")
     sp.add_argument("--out", help="write both trajectories as CSV here")
+
+    sp = add("import", cmd_import, "Import runs logged elsewhere into a saved run set.",
+             "simfluence import gptfluence runs/rte/ --out imported/")  # fmt: skip
+    formats = sp.add_subparsers(dest="format", metavar="FORMAT")
+    formats.required = True
+    fp = formats.add_parser(
+        "gptfluence",
+        help="GPTfluence run directories (train_samples_id.json, all_loss_trajectory.out)",
+    )
+    fp.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, a folder of them, a glob"
+    )
+    fp = formats.add_parser("long", help="long-form CSV or JSON lines")
+    fp.add_argument("--losses", required=True, help="rows: run, step, test_id, loss")
+    fp.add_argument(
+        "--curricula", required=True, help="rows: run, step, train_ids [, learning_rate]"
+    )
+    for fp in formats.choices.values():
+        fp.add_argument("--out", required=True, help="folder for the saved run set")
+        fp.add_argument(
+            "--pad", action="store_true", help="cut runs of different lengths to the shortest"
+        )
+        fp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     sp = add("report", cmd_report, "Write the report (tables, plots) for a saved run set.",
              "simfluence report --runs runs/runset --out report/")  # fmt: skip

@@ -1,0 +1,388 @@
+"""Importers: GPTfluence run directories and long-form CSV/JSONL read back into RunSets.
+
+Round trips from a known RunSet in both GPTfluence variants (L_0 logged at step 0, or at
+step 1 as in the published runs), the same simulator fitted on the imported runs as on
+the source, and one test per kind of malformed input asserting the ValueError's message.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simfluence_jax import fit_simulator
+from simfluence_jax.importers import (
+    GPTFLUENCE_BATCHES,
+    GPTFLUENCE_LOSSES,
+    find_run_dirs,
+    read_gptfluence,
+    read_long,
+    write_gptfluence,
+)
+from simfluence_jax.runs import RunSet
+from simfluence_jax.synthetic import make_problem
+
+
+@pytest.fixture(scope="module")
+def source():
+    """Ragged last batches (subset 30 of 36 at batch 4), every pool id used by some run."""
+    runs = make_problem(num_train=36, num_test=5, num_runs=8, subset=30, seed=1).runs
+    assert runs.used_ids().all() and (runs.batches == -1).any()
+    return runs
+
+
+def _assert_same(a: RunSet, b: RunSet):
+    np.testing.assert_array_equal(a.batches, b.batches)
+    assert a.losses.dtype == b.losses.dtype == np.float32
+    np.testing.assert_array_equal(a.losses, b.losses)
+    np.testing.assert_array_equal(a.train_ids, b.train_ids)
+    np.testing.assert_array_equal(a.test_ids, b.test_ids)
+    assert a.num_train == b.num_train
+
+
+@pytest.mark.parametrize("first_step", [0, 1])
+def test_gptfluence_round_trip(tmp_path, source, first_step):
+    dirs = write_gptfluence(source, tmp_path, first_step=first_step)
+    assert [d.name for d in dirs] == [f"run_{r:03d}" for r in range(source.num_runs)]
+    first = json.loads((dirs[0] / GPTFLUENCE_BATCHES).read_text().splitlines()[0])
+    assert first["step"] == first_step + 1
+    back = read_gptfluence(dirs)
+    _assert_same(back, source)
+    assert back.metadata["first_step"] == first_step
+    assert back.metadata["runs"] == [str(d) for d in dirs]
+
+
+def test_step_one_variant_drops_the_batch_before_the_first_logged_loss(tmp_path, source):
+    """Published GPTfluence runs log the batch of step 1 but losses only from step 1 on."""
+    run_dir = write_gptfluence(source.select([0]), tmp_path, first_step=1)[0]
+    batches = run_dir / GPTFLUENCE_BATCHES
+    step1 = json.dumps({"step": 1, "samples_id": [5, 6, 7, 8]})
+    batches.write_text(step1 + "\n" + batches.read_text())
+    _assert_same(read_gptfluence([run_dir], train_ids=source.train_ids), source.select([0]))
+
+
+def test_fitting_the_imported_runs_gives_the_source_simulator(tmp_path, source):
+    back = read_gptfluence(write_gptfluence(source, tmp_path, first_step=1))
+    fit_a, val_a, _ = source.split(6, 1)
+    fit_b, val_b, _ = back.split(6, 1)
+    a = fit_simulator("linear", fit_a, validation=val_a)
+    b = fit_simulator("linear", fit_b, validation=val_b)
+    assert a.l2 == b.l2
+    np.testing.assert_array_equal(np.asarray(a.A), np.asarray(b.A))
+    np.testing.assert_array_equal(np.asarray(a.B), np.asarray(b.B))
+
+
+def test_string_ids_and_learning_rates_round_trip(tmp_path, source):
+    named = RunSet(
+        batches=source.batches,
+        losses=source.losses,
+        train_ids=np.asarray([f"ex{i:02d}" for i in range(source.num_train)]),
+        test_ids=np.asarray([f"q{j}" for j in range(source.num_test)]),
+        learning_rates=np.linspace(0.1, 0.01, source.num_steps)[None].repeat(source.num_runs, 0),
+    )
+    back = read_gptfluence(write_gptfluence(named, tmp_path))
+    _assert_same(back, named)
+    np.testing.assert_array_equal(back.learning_rates, named.learning_rates)
+
+
+def test_integer_ids_map_to_positions_unless_the_pool_is_given(tmp_path):
+    runs = RunSet(
+        batches=np.array([[[10, 30]], [[20, 10]]]),
+        losses=np.ones((2, 2, 2)),
+        train_ids=None,
+    )
+    dirs = write_gptfluence(runs, tmp_path)
+    mapped = read_gptfluence(dirs)
+    np.testing.assert_array_equal(mapped.train_ids, [10, 20, 30])
+    np.testing.assert_array_equal(mapped.batches[:, 0], [[0, 2], [1, 0]])
+    kept = read_gptfluence(dirs, train_ids=range(31))
+    np.testing.assert_array_equal(kept.batches, runs.batches)
+    with pytest.raises(ValueError, match=r"train_samples_id.json:1: training id 30 is not in"):
+        read_gptfluence(dirs, train_ids=range(30))
+
+
+def test_runs_in_the_order_given_and_found_by_parent_or_glob(tmp_path, source):
+    parent = tmp_path / "rte"
+    parent.mkdir()
+    for r, name in [(0, "seed-2"), (1, "seed-10"), (2, "seed-1")]:
+        write_gptfluence(source.select([r]), tmp_path / "tmp")[0].rename(parent / name)
+    natural = ["seed-1", "seed-2", "seed-10"]
+    assert [p.name for p in find_run_dirs([parent])] == natural
+    assert [p.name for p in find_run_dirs([str(parent / "seed-*")])] == natural
+    order = [parent / "seed-10", parent / "seed-1"]
+    assert find_run_dirs(order) == order
+    assert read_gptfluence(parent).metadata["runs"] == [str(parent / n) for n in natural]
+    _assert_same(read_gptfluence(order, train_ids=source.train_ids), source.select([1, 2]))
+    with pytest.raises(ValueError, match="matches no GPTfluence run directory"):
+        find_run_dirs([str(parent / "nothing-*")])
+    with pytest.raises(ValueError, match="nor a directory of them"):
+        find_run_dirs([tmp_path / "tmp"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Long form.
+
+
+def _write_long_csv(runs: RunSet, folder: Path, *, first_step=0, ids=None):
+    losses, curricula = folder / "losses.csv", folder / "curricula.csv"
+    names = runs.train_ids.tolist() if ids is None else ids
+    with open(losses, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "step", "test_id", "loss"])
+        for r in range(runs.num_runs):
+            for t in range(runs.num_steps + 1):
+                for j, tid in enumerate(runs.test_ids.tolist()):
+                    w.writerow([f"run{r}", first_step + t, tid, float(runs.losses[r, t, j])])
+    with open(curricula, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "step", "train_ids"])
+        for r in range(runs.num_runs):
+            for t in range(runs.num_steps):
+                batch = ";".join(str(names[i]) for i in runs.batches[r, t] if i >= 0)
+                w.writerow([f"run{r}", first_step + t + 1, batch])
+    return losses, curricula
+
+
+def _write_long_jsonl(runs: RunSet, folder: Path):
+    losses, curricula = folder / "losses.jsonl", folder / "curricula.jsonl"
+    rows = [
+        {"run": r, "step": t, "test_id": tid, "loss": float(runs.losses[r, t, j])}
+        for r in range(runs.num_runs)
+        for t in range(runs.num_steps + 1)
+        for j, tid in enumerate(runs.test_ids.tolist())
+    ]
+    losses.write_text("".join(json.dumps(x) + "\n" for x in rows[::-1]))  # any row order
+    rows = [
+        {
+            "run": r,
+            "step": t + 1,
+            "train_ids": [int(i) for i in runs.batches[r, t] if i >= 0],
+            "learning_rate": 0.5 / (t + 1),
+        }
+        for r in range(runs.num_runs)
+        for t in range(runs.num_steps)
+    ]
+    curricula.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    return losses, curricula
+
+
+@pytest.mark.parametrize("first_step", [0, 1])
+def test_long_csv_round_trip(tmp_path, source, first_step):
+    back = read_long(*_write_long_csv(source, tmp_path, first_step=first_step))
+    _assert_same(back, source)
+    assert back.metadata["runs"] == [f"run{r}" for r in range(source.num_runs)]
+    assert back.learning_rates is None
+
+
+def test_long_jsonl_round_trip_with_learning_rates(tmp_path, source):
+    back = read_long(*_write_long_jsonl(source, tmp_path))
+    # Rows were written in reverse: runs come in order of first appearance, test ids too.
+    _assert_same(back, source.select(range(source.num_runs)[::-1]).select_test([4, 3, 2, 1, 0]))
+    expected = 0.5 / np.arange(1, source.num_steps + 1)
+    np.testing.assert_allclose(back.learning_rates, np.tile(expected, (source.num_runs, 1)))
+
+
+def test_long_string_ids_are_mapped(tmp_path, source):
+    names = [f"doc-{i}" for i in range(source.num_train)]
+    back = read_long(*_write_long_csv(source, tmp_path, ids=names))
+    np.testing.assert_array_equal(back.train_ids, sorted(names))
+    position = {n: i for i, n in enumerate(sorted(names))}
+    expected = np.vectorize(lambda i: position[names[i]] if i >= 0 else -1)(source.batches)
+    np.testing.assert_array_equal(back.batches, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed inputs: every one a ValueError naming the file, the line and the problem.
+
+
+@pytest.fixture()
+def run_dirs(tmp_path, source):
+    return write_gptfluence(source.select([0, 1]), tmp_path)
+
+
+def _edit_lines(path: Path, edit):
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+
+
+def _join(lines):
+    return "\n".join(lines) + "\n"
+
+
+def _raises(match, fn, *args, **kwargs):
+    with pytest.raises(ValueError, match=match) as info:
+        fn(*args, **kwargs)
+    return str(info.value)
+
+
+def test_missing_file(run_dirs):
+    (run_dirs[1] / GPTFLUENCE_LOSSES).unlink()
+    msg = _raises("file not found", read_gptfluence, run_dirs)
+    assert msg.startswith(str(run_dirs[1] / GPTFLUENCE_LOSSES))
+    _raises(r"nothing: not a directory", read_gptfluence, [run_dirs[0].parent / "nothing"])
+    _raises(r"losses\.csv: file not found", read_long, run_dirs[0] / "losses.csv", "c.csv")
+
+
+def test_truncated_json_line(run_dirs):
+    path = run_dirs[0] / GPTFLUENCE_LOSSES
+    text = path.read_text()
+    path.write_text(text[: len(text) - 40])  # a killed writer: the last line is cut
+    last = len(text.splitlines())
+    _raises(rf"{GPTFLUENCE_LOSSES}:{last}: not valid JSON .*truncated line\?", read_gptfluence,
+            run_dirs)  # fmt: skip
+    path = run_dirs[1] / GPTFLUENCE_BATCHES
+    _edit_lines(path, lambda lines: [*lines[:2], lines[2][:-5], *lines[3:]])
+    run_dirs[0].joinpath(GPTFLUENCE_LOSSES).write_text(text)
+    _raises(rf"{GPTFLUENCE_BATCHES}:3: not valid JSON", read_gptfluence, run_dirs)
+
+
+def test_step_missing_from_the_middle_of_a_run(run_dirs):
+    path = run_dirs[0] / GPTFLUENCE_BATCHES
+    _edit_lines(path, lambda lines: lines[:3] + lines[4:])  # drop step 4
+    _raises(rf"{GPTFLUENCE_BATCHES}:4: step 4 is missing \(the batches jump to step 5\)",
+            read_gptfluence, run_dirs)  # fmt: skip
+
+
+def test_loss_step_missing_from_a_trajectory(run_dirs):
+    def drop_step_3(lines):
+        obj = json.loads(lines[1])
+        obj["loss_trajectory"] = [p for p in obj["loss_trajectory"] if p["step"] != 3]
+        return [lines[0], json.dumps(obj), *lines[2:]]
+
+    _edit_lines(run_dirs[1] / GPTFLUENCE_LOSSES, drop_step_3)
+    _raises(rf"run_001/{GPTFLUENCE_LOSSES}:2: test example 1: step 3 is missing "
+            r"\(the steps jump from 2 to 4\)", read_gptfluence, run_dirs)  # fmt: skip
+
+
+def test_test_example_missing_in_one_run(run_dirs):
+    _edit_lines(run_dirs[1] / GPTFLUENCE_LOSSES, lambda lines: lines[:2] + lines[3:])
+    msg = _raises(r"has no test example 2 \(run .*run_000' has it\)", read_gptfluence, run_dirs)
+    assert msg.startswith(str(run_dirs[1] / GPTFLUENCE_LOSSES))
+
+
+def test_duplicate_steps(run_dirs):
+    path = run_dirs[0] / GPTFLUENCE_BATCHES
+    _edit_lines(path, lambda lines: [*lines[:3], lines[2], *lines[3:]])
+    _raises(rf"{GPTFLUENCE_BATCHES}:4: step 3 appears twice \(also on line 3\)", read_gptfluence,
+            run_dirs)  # fmt: skip
+
+    def twice(lines):
+        obj = json.loads(lines[0])
+        obj["loss_trajectory"].append(obj["loss_trajectory"][2])
+        return [json.dumps(obj), *lines[1:]]
+
+    _edit_lines(path, lambda lines: [*lines[:3], *lines[4:]])
+    _edit_lines(run_dirs[0] / GPTFLUENCE_LOSSES, twice)
+    _raises(rf"{GPTFLUENCE_LOSSES}:1: test example 0: step 2 appears twice", read_gptfluence,
+            run_dirs)  # fmt: skip
+
+
+def test_nan_and_infinite_losses(run_dirs):
+    path = run_dirs[1] / GPTFLUENCE_LOSSES
+    original = path.read_text()
+    for bad in ("NaN", "Infinity"):
+        obj = json.loads(original.splitlines()[3])
+        obj["loss_trajectory"][5]["loss"] = float(bad.lower().replace("infinity", "inf"))
+        lines = original.splitlines()
+        lines[3] = json.dumps(obj)
+        path.write_text("\n".join(lines) + "\n")
+        assert bad in path.read_text()
+        _raises(rf"{GPTFLUENCE_LOSSES}:4: the loss of test example 3 at step 5 is "
+                rf"{float(bad)} \(NaN or infinite\)", read_gptfluence, run_dirs)  # fmt: skip
+
+
+def test_runs_of_different_lengths_need_pad(tmp_path, source):
+    dirs = write_gptfluence(source.select([0, 1]), tmp_path)
+    short = source.select([1])
+    short = RunSet(batches=short.batches[:, :5], losses=short.losses[:, :6])
+    write_gptfluence(short, tmp_path / "short")[0].rename(tmp_path / "b")
+    dirs = [dirs[0], tmp_path / "b"]
+    msg = _raises(r"the run has 5 steps but .*run_000.* has 8; runs must have the same length "
+                  r"\(pass pad=True, or --pad", read_gptfluence, dirs)  # fmt: skip
+    assert msg.startswith(str(tmp_path / "b" / GPTFLUENCE_LOSSES))
+    cut = read_gptfluence(dirs, pad=True)
+    assert cut.num_steps == 5
+    np.testing.assert_array_equal(cut.losses[0], source.losses[0, :6])
+    assert cut.metadata["logged_steps"] == {str(dirs[0]): 8, str(dirs[1]): 5}
+
+
+def test_other_malformed_gptfluence_inputs(run_dirs):
+    batches = run_dirs[0] / GPTFLUENCE_BATCHES
+    original = batches.read_text()
+    batches.write_text(original + json.dumps({"step": 99, "samples_id": [1]}) + "\n")
+    _raises(r":9: step 99 has a batch but the loss trajectories end at step 8", read_gptfluence,
+            run_dirs)  # fmt: skip
+    batches.write_text(original.replace('"samples_id": [', '"samples_id": [[0], ', 1))
+    _raises(r":1: training id \[0\] is not an integer or a string", read_gptfluence, run_dirs)
+    batches.write_text(
+        json.dumps({"step": 1, "samples_id": []}) + "\n" + original.split("\n", 1)[1]
+    )
+    _raises(r":1: step 1 has an empty batch", read_gptfluence, run_dirs)
+    batches.write_text("")
+    _raises(r"train_samples_id.json: no batches \(the file is empty\)", read_gptfluence, run_dirs)
+    batches.write_text(original.replace('"step"', '"stp"', 1))
+    _raises(r":1: missing key 'step'", read_gptfluence, run_dirs)
+
+
+# Long form: the same problems in CSV and JSONL.
+
+
+def test_long_form_malformed_inputs(tmp_path, source):
+    losses, curricula = _write_long_csv(source.select([0, 1]), tmp_path)
+    good_losses, good_curricula = losses.read_text(), curricula.read_text()
+    lines = good_losses.splitlines()
+
+    def check(match, losses_text=good_losses, curricula_text=good_curricula, **kwargs):
+        losses.write_text(losses_text)
+        curricula.write_text(curricula_text)
+        return _raises(match, read_long, losses, curricula, **kwargs)
+
+    # NaN loss (line 3 is run0, step 0, test 1).
+    bad = lines[:2] + [lines[2].rsplit(",", 1)[0] + ",nan"] + lines[3:]
+    check(r"losses.csv:3: the loss of test example '1' is nan \(NaN or infinite\)", _join(bad))
+    # Truncated last line.
+    check(r"losses.csv:\d+: the last line does not end with a newline; truncated line\?",
+          good_losses.rstrip()[:-12])  # fmt: skip
+    check(r"losses.csv:\d+: expected 4 fields; truncated line\?", good_losses[:-25] + "\n")
+    # Duplicate row.
+    check(r"losses.csv:3: run 'run0', step 0, test example '0' appears twice \(also on line 2\)",
+          _join(lines[:2] + lines[1:]))  # fmt: skip
+    # A test example missing at one step of a run (run1, step 2, test 3).
+    row = next(i for i, x in enumerate(lines) if x.startswith("run1,2,3,"))
+    check(r"losses.csv: run 'run1' has no loss for test example '3' at step 2",
+          _join(lines[:row] + lines[row + 1 :]))  # fmt: skip
+    # A test example missing in one run altogether.
+    kept = [x for x in lines if not x.startswith("run1,") or x.split(",")[2] != "4"]
+    check(r"losses.csv: run 'run1' has no test example 4 \(run 'run0' has it\)", _join(kept))
+    # A step missing from the middle of a run: losses, then batches.
+    kept = [x for x in lines if not x.startswith("run0,3,")]
+    first_step4 = next(i for i, x in enumerate(kept) if x.startswith("run0,4,")) + 1
+    check(rf"losses.csv:{first_step4}: run 'run0': step 3 is missing \(the steps jump from 2 "
+          r"to 4\)", _join(kept))  # fmt: skip
+    c_lines = good_curricula.splitlines()
+    check(r"curricula.csv:4: run 'run0': the batch of step 3 is missing",
+          curricula_text=_join(c_lines[:3] + c_lines[4:]))  # fmt: skip
+    check(r"curricula.csv:5: run 'run0', step 3 appears twice \(also on line 4\)",
+          curricula_text=_join(c_lines[:4] + c_lines[3:]))  # fmt: skip
+    # Missing columns, an empty file, runs of different lengths.
+    check(r"losses.csv:1: the header row lacks columns \['loss'\]",
+          good_losses.replace("test_id,loss", "test_id,value"))  # fmt: skip
+    check(r"curricula.csv: no rows \(the file is empty\)", curricula_text="run,step,train_ids\n")
+    short = [x for x in lines if not x.startswith("run1,8,")]
+    c_short = [x for x in c_lines if not x.startswith("run1,8,")]
+    check(r"losses.csv \(run 'run1'\): the run has 7 steps but .*\(run 'run0'\) has 8",
+          _join(short), _join(c_short))  # fmt: skip
+    cut = read_long(losses, curricula, pad=True)
+    assert cut.num_steps == 7
+
+
+def test_long_form_jsonl_truncation_and_mixed_ids(tmp_path, source):
+    losses, curricula = _write_long_jsonl(source.select([0]), tmp_path)
+    text = losses.read_text()
+    losses.write_text(text[:-30])
+    n = len(text.splitlines())
+    _raises(rf"losses.jsonl:{n}: not valid JSON .*truncated line\?", read_long, losses, curricula)
+    losses.write_text(text.replace('"test_id": 0', '"test_id": "0"'))
+    _raises(r"losses.jsonl: test ids mix integers and strings", read_long, losses, curricula)
