@@ -189,16 +189,18 @@ def _split(runs, fit_cfg):
 
 
 def cmd_fit(args) -> Path:
+    from simfluence_jax.fitting import required_inputs
     from simfluence_jax.pipeline.experiment import fit_simulators
     from simfluence_jax.simulators.io import save_simulator
 
     _, fit_cfg, _, _ = configs()
     runs = _load_runs(args.runs)
     fit, val, _ = _split(runs, fit_cfg)
-    names = tuple(n for n in fit_cfg.simulators if n not in cfgs.GRADIENT)
-    skipped = [n for n in fit_cfg.simulators if n in cfgs.GRADIENT]
+    needs = {n: required_inputs(n) for n in fit_cfg.simulators}
+    names = tuple(n for n in fit_cfg.simulators if not needs[n])
+    skipped = [n for n in fit_cfg.simulators if needs[n]]
     if skipped:
-        print(f"note: {', '.join(skipped)} need the model and checkpoints; use `simfluence run`")
+        print(f"note: {', '.join(skipped)} need gradients or features; use `simfluence run`")
     sims = fit_simulators(dataclasses.replace(fit_cfg, simulators=names), fit, val)
     out = Path(args.out)
     for name, sim in sims.items():
@@ -316,7 +318,7 @@ def cmd_import(args) -> Path:
 
 def cmd_report(args) -> Path:
     from simfluence_jax.evaluation import predict
-    from simfluence_jax.pipeline.experiment import group_of
+    from simfluence_jax.fitting import simulator_group
     from simfluence_jax.reports import write_report
 
     _, fit_cfg, _, exp = configs()
@@ -333,7 +335,7 @@ def cmd_report(args) -> Path:
     out = write_report(
         args.out, heldout=heldout,
         predictions={n: predict(s, heldout) for n, s in sims.items()},
-        groups={n: group_of(n) for n in sims}, config_text=operative_config(), title=exp.title,
+        groups={n: simulator_group(n) for n in sims}, config_text=operative_config(), title=exp.title,
     )  # fmt: skip
     print(f"Report: {Path(out) / 'report.md'}")
     return Path(out)

@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simfluence_jax.fitting import SIMULATORS
 from simfluence_jax.rollout import rollout
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.base import batch_mask
@@ -332,8 +331,3 @@ def synthetic_features(runs: RunSet, *, seed: int = 0, dim: int = 8):
         rng.normal(size=(runs.num_train, dim)).astype(np.float32),
         rng.normal(size=(runs.num_test, dim)).astype(np.float32),
     )
-
-
-fit_featurized.synthetic_features = synthetic_features
-fit_featurized.requires_features = True
-SIMULATORS.register("featurized")(fit_featurized)

@@ -10,13 +10,18 @@ lowest all-steps MSE wins (not the one-step error, which rewards fits that drift
 their own predictions). ``momentum="auto"`` does the same over a grid of mu, so the choice
 costs one solve of the l2 path per mu.
 
-Every fitter declares its keywords; ``fit_simulator`` rejects unknown ones by name, and
-``fit_all`` passes each fitter only the keywords it declares.
+``SIMULATORS`` is the only source of simulators: importing ``simfluence_jax`` registers every
+fitter, those that need the training stack (gradient baselines, the featurized simulator) as
+``LazyFitter`` entries that import their module on first use. Every fitter declares its
+keywords and the inputs it needs beyond the runs (``gradients``, ``features``) and its report
+group; ``fit_simulator`` rejects unknown keywords by name, and ``fit_all`` passes each fitter
+only the keywords it declares and names a missing input.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 from collections.abc import Callable, Sequence
 
@@ -313,10 +318,99 @@ def fit_shuffled(
     return sim.replace(A=A, B=B, name="shuffled")
 
 
+@SIMULATORS.register("linear_one_plus_sum")
+def fit_linear_one_plus_sum(
+    runs, *, l2=None, validation=None, solver="auto", mesh=None, momentum=0.0, lr_scaled=False,
+    dtype=np.float32, prior=None,
+):  # fmt: skip
+    """Simfluence-Linear in the ``one_plus_sum`` form: alpha = 1 + sum A_i."""
+    return fit_linear(
+        runs, l2=l2, validation=validation, solver=solver, mesh=mesh, alpha="one_plus_sum",
+        momentum=momentum, lr_scaled=lr_scaled, dtype=dtype, prior=prior,
+    )  # fmt: skip
+
+
+fit_constant.group = fit_mean.group = fit_shuffled.group = "control"
+
+
+@dataclasses.dataclass(frozen=True)
+class LazyFitter:
+    """A registry entry whose fitter lives in a module that needs the training stack.
+
+    ``module.attr(*args)`` is the fitter; it is imported on first use, so the registry lists
+    every simulator while ``import simfluence_jax`` needs only JAX and NumPy.
+
+    Attributes:
+      module, attr, args: where the fitter is (``attr`` is the fitter, or a factory of it
+        when ``args`` are given).
+      inputs: keywords the fitter cannot do without (``gradients``, ``features``).
+      group: the report group (``fitted``, ``control``, ``gradient baseline (raw)``, ...).
+      doc: one line for listings.
+    """
+
+    module: str
+    attr: str
+    args: tuple = ()
+    inputs: tuple[str, ...] = ()
+    group: str = "fitted"
+    doc: str = ""
+
+    def load(self) -> Callable[..., object]:
+        obj = getattr(importlib.import_module(self.module), self.attr)
+        return obj(*self.args) if self.args else obj
+
+    def __call__(self, runs, **kwargs):
+        return self.load()(runs, **kwargs)
+
+    @property
+    def requires_gradients(self) -> bool:
+        return "gradients" in self.inputs
+
+
+#: The gradient baselines (``simfluence_jax.gradients.baselines``), each raw and calibrated.
+GRADIENT_BASELINES = ("tracin_cp", "tracin_cp_summed", "grad_dot", "influence")
+CALIBRATED_SUFFIX = "_calibrated"
+
+for _name in GRADIENT_BASELINES:
+    for _calibrated in (False, True):
+        SIMULATORS.register(_name + (CALIBRATED_SUFFIX if _calibrated else ""))(
+            LazyFitter(
+                "simfluence_jax.gradients.baselines", "make_fitter", args=(_name, _calibrated),
+                inputs=("gradients",),
+                group=f"gradient baseline ({'calibrated' if _calibrated else 'raw'})",
+                doc=f"{_name} ({'calibrated' if _calibrated else 'raw'}); needs gradients=",
+            )
+        )  # fmt: skip
+SIMULATORS.register("featurized")(
+    LazyFitter(
+        "simfluence_jax.featurized_fit", "fit_featurized", inputs=("features",),
+        group="featurized", doc="(A, B) from frozen embeddings; needs features=",
+    )
+)  # fmt: skip
+
+
+def _fitter_function(name: str) -> Callable[..., object]:
+    fit = SIMULATORS.get(name)
+    return fit.load() if isinstance(fit, LazyFitter) else fit
+
+
 def accepted_keywords(name: str) -> frozenset[str]:
     """The keyword arguments the fitter registered as ``name`` declares."""
-    params = inspect.signature(SIMULATORS.get(name)).parameters.values()
+    params = inspect.signature(_fitter_function(name)).parameters.values()
     return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def required_inputs(name: str) -> tuple[str, ...]:
+    """What the fitter ``name`` needs besides the runs (e.g. ``("gradients",)``)."""
+    return tuple(getattr(SIMULATORS.get(name), "inputs", ()))
+
+
+def simulator_group(name: str) -> str:
+    """The report group of a simulator name (``fitted`` unless its fitter declares another,
+    or the name is not registered)."""
+    if name not in SIMULATORS:
+        return "fitted"
+    return getattr(SIMULATORS.get(name), "group", "fitted")
 
 
 def fit_simulator(name: str, runs: RunSet, *, validation: RunSet | None = None, **kwargs):
@@ -338,6 +432,12 @@ def fit_simulator(name: str, runs: RunSet, *, validation: RunSet | None = None, 
     """
     fit = SIMULATORS.get(name)
     _check_runs(runs, validation)
+    missing = [k for k in required_inputs(name) if kwargs.get(k) is None]
+    if missing:
+        raise ValueError(
+            f"simulator {name!r} needs {', '.join(f'{k}=' for k in missing)} besides the runs "
+            "(see its docstring); none was given"
+        )
     unknown = sorted(set(kwargs) - accepted_keywords(name))
     if unknown:
         raise ValueError(

@@ -33,8 +33,7 @@ def test_cli_run_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     rows = results["simulators"] if "simulators" in results else results["table"]
     names = set(rows)
-    expected = set(cfgs.FITTED) | set(cfgs.CONTROLS) | set(cfgs.GRADIENT)
-    expected |= {f"{g}_calibrated" for g in cfgs.GRADIENT}
+    expected = set(cfgs.DEFAULT_SIMULATORS)
     assert expected <= names, expected - names
     for name in expected:
         row = rows[name]

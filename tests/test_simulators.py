@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 
 import simfluence_jax as sj
-import simfluence_jax.featurized_fit  # noqa: F401  (registers "featurized")
-import simfluence_jax.gradients.baselines  # noqa: F401  (registers the gradient simulators)
 from simfluence_jax import metrics
 from simfluence_jax.gradients.context import PrecomputedGradients
 from simfluence_jax.simulators import AffineSimulator
@@ -31,9 +29,10 @@ def _fit_kwargs(name, runs, seed=0):
                 learning_rates=np.full(T, 0.1, np.float32),
             )
         }
-    features = getattr(fitter, "synthetic_features", None)
-    if features is not None:
-        return {"features": features(runs, seed=seed)}
+    if "features" in sj.fitting.required_inputs(name):
+        from simfluence_jax.featurized_fit import synthetic_features
+
+        return {"features": synthetic_features(runs, seed=seed)}
     return {}
 
 

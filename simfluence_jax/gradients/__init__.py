@@ -19,10 +19,9 @@ Modules:
   ``PrecomputedGradients`` (the scores as arrays);
 * ``baselines``: the scores as additive simulators, raw and calibrated.
 
-Importing this package registers the simulators ``tracin_cp``, ``tracin_cp_summed``,
-``grad_dot``, ``influence`` and their ``*_calibrated`` twins in
-``simfluence_jax.SIMULATORS``; fit them with
-``fit_simulator(name, runs, gradients=ctx)``.
+``simfluence_jax.SIMULATORS`` lists the simulators ``tracin_cp``, ``tracin_cp_summed``,
+``grad_dot``, ``influence`` and their ``*_calibrated`` twins (this package is imported when
+one is first fitted); fit them with ``fit_simulator(name, runs, gradients=ctx)``.
 """
 
 from simfluence_jax.gradients.baselines import (

@@ -3,8 +3,8 @@
 Each score becomes a :class:`~simfluence_jax.simulators.segmented.SegmentedSimulator`
 (alpha = 1; per-step decrement ``-(eta_t / |c_t|) S[k(t), i]`` for every id in the batch),
 so it is rolled out and evaluated exactly like Simfluence-Linear (Guu et al., 2023, §4.3;
-DESIGN.md §3). Importing this module (or ``simfluence_jax.gradients``) registers in
-``simfluence_jax.SIMULATORS``:
+docs/design.md). ``simfluence_jax.SIMULATORS`` lists them (importing this module lazily on
+first use):
 
 ==============================  ===================================================
 ``tracin_cp``                   per-step TracIn-CP: step t uses the dot products at
@@ -31,8 +31,8 @@ raw cumulative drops, in closed form (the simulator is linear in ``s``). The sim
 Every fitter needs ``gradients=``: a ``GradientContext`` or ``PrecomputedGradients``
 (``simfluence_jax.gradients.context``). The per-step learning rates come from
 ``learning_rates=``, else the gradients object, else ``runs.metadata["learning_rates"]``
-(the run store's ``collect`` writes them). Fitters carry ``requires_gradients = True`` so
-code that fits every registered name can skip them when it has no gradients to give.
+(the run store's ``collect`` writes them). The registry declares ``gradients`` as their
+required input, so ``fit_all`` names it when it is missing.
 """
 
 from __future__ import annotations
@@ -41,15 +41,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from simfluence_jax.fitting import SIMULATORS
+from simfluence_jax.fitting import CALIBRATED_SUFFIX, GRADIENT_BASELINES
 from simfluence_jax.gradients.tracin import nearest_checkpoint, tracin_cp
 from simfluence_jax.rollout import rollout
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.segmented import SegmentedSimulator
 
 #: Registry names of the raw gradient simulators; each also has a ``_calibrated`` twin.
-BASELINES = ("tracin_cp", "tracin_cp_summed", "grad_dot", "influence")
-CALIBRATED_SUFFIX = "_calibrated"
+BASELINES = GRADIENT_BASELINES
 
 
 def make_simulator(
@@ -177,7 +176,9 @@ def raw_simulator(name: str, runs: RunSet, *, gradients, learning_rates=None):
     return make_simulator(S, learning_rates=eta, name=name)
 
 
-def _make_fitter(name: str, calibrated: bool) -> Callable[..., SegmentedSimulator]:
+def make_fitter(name: str, calibrated: bool) -> Callable[..., SegmentedSimulator]:
+    """The fitter registered as ``name`` (``+ "_calibrated"`` when ``calibrated``)."""
+
     def fit(runs, *, gradients=None, learning_rates=None, mesh=None, validation=None):
         del validation  # the raw scores have no hyperparameter; calibration uses `runs`
         sim = raw_simulator(name, runs, gradients=gradients, learning_rates=learning_rates)
@@ -186,13 +187,7 @@ def _make_fitter(name: str, calibrated: bool) -> Callable[..., SegmentedSimulato
     kind = "calibrated (one global scale fitted on the fitting runs)" if calibrated else "raw"
     fit.__name__ = f"fit_{name}{CALIBRATED_SUFFIX if calibrated else ''}"
     fit.__doc__ = f"{name}, {kind}; needs gradients= (see simfluence_jax.gradients.baselines)."
-    fit.requires_gradients = True
     return fit
-
-
-for _name in BASELINES:
-    SIMULATORS.register(_name)(_make_fitter(_name, calibrated=False))
-    SIMULATORS.register(_name + CALIBRATED_SUFFIX)(_make_fitter(_name, calibrated=True))
 
 
 def gradient_simulator_names(*, calibrated: bool | None = None) -> list[str]:

@@ -12,10 +12,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-#: Every simulator the pipeline knows how to fit, in table order.
-FITTED = ("linear", "linear_one_plus_sum", "linear_kernel", "additive", "multiplicative")
-CONTROLS = ("constant", "mean", "shuffled")
-GRADIENT = ("tracin_cp", "grad_dot", "influence")
+#: The default simulators, in table order (any name in ``simfluence_jax.SIMULATORS`` works).
+DEFAULT_SIMULATORS = (
+    "linear", "linear_one_plus_sum", "linear_kernel", "additive", "multiplicative",
+    "constant", "mean", "shuffled",
+    "tracin_cp", "tracin_cp_calibrated", "grad_dot", "grad_dot_calibrated",
+    "influence", "influence_calibrated",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +70,8 @@ class FitConfig:
 
     Attributes:
       num_fit, num_val, num_heldout: run split (the rest of the runs is unused).
-      simulators: names from ``FITTED + CONTROLS + GRADIENT``.
+      simulators: names in ``simfluence_jax.SIMULATORS`` (those needing gradients get the
+        scores computed from the fitting runs' checkpoints).
       l2: ridge strength(s); ``None`` searches ``DEFAULT_L2_GRID`` on validation runs.
       solver: ridge solver (``auto``, ``direct``, ``cg``, ``dual``).
       gradient_kwargs: options of the gradient baselines (projection, damping, ...).
@@ -76,7 +80,7 @@ class FitConfig:
     num_fit: int = 24
     num_val: int = 2
     num_heldout: int = 6
-    simulators: tuple[str, ...] = FITTED + CONTROLS + GRADIENT
+    simulators: tuple[str, ...] = DEFAULT_SIMULATORS
     l2: Any = None
     solver: str = "auto"
     gradient_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)

@@ -25,15 +25,8 @@ import numpy as np
 
 from simfluence_jax import counterfactuals as cf
 from simfluence_jax.evaluation import predict, score
-from simfluence_jax.fitting import fit_simulator
-from simfluence_jax.pipeline.config import (
-    CONTROLS,
-    FITTED,
-    GRADIENT,
-    CounterfactualConfig,
-    FitConfig,
-    RunsConfig,
-)
+from simfluence_jax.fitting import accepted_keywords, fit_all, required_inputs, simulator_group
+from simfluence_jax.pipeline.config import CounterfactualConfig, FitConfig, RunsConfig
 from simfluence_jax.runs import RunSet
 
 
@@ -58,17 +51,6 @@ def _log(msg: str) -> None:
     print(f"[simfluence] {msg}", flush=True)
 
 
-def group_of(name: str) -> str:
-    """The report group of a simulator name."""
-    if name in CONTROLS:
-        return "control"
-    if name.endswith("_calibrated"):
-        return "gradient baseline (calibrated)"
-    if name.split("_calibrated")[0] in GRADIENT:
-        return "gradient baseline (raw)"
-    return "fitted"
-
-
 def gradient_context(setup, runs: RunSet, store_dir: Path, **kwargs):
     """Gradient scores (TracIn-CP, Grad-Dot, influence functions) from the checkpoints that
     the first fitting run saved, as TracIn-CP prescribes (one run's training trajectory)."""
@@ -86,6 +68,11 @@ def gradient_context(setup, runs: RunSet, store_dir: Path, **kwargs):
     )  # fmt: skip
 
 
+def needs_gradients(names) -> bool:
+    """Whether any of the simulators ``names`` needs gradient scores."""
+    return any("gradients" in required_inputs(n) for n in names)
+
+
 def fit_simulators(
     fit_cfg: FitConfig,
     fit: RunSet,
@@ -94,30 +81,12 @@ def fit_simulators(
     gradients=None,
     mesh=None,
 ) -> dict[str, Any]:
-    """Fits every simulator of ``fit_cfg`` (gradient ones raw and calibrated)."""
-    sims: dict[str, Any] = {}
-    common = dict(validation=validation, mesh=mesh)
-    ridge = dict(l2=fit_cfg.l2, solver=fit_cfg.solver)
-    for name in fit_cfg.simulators:
-        if name == "linear_one_plus_sum":
-            sims[name] = fit_simulator("linear", fit, alpha="one_plus_sum", **ridge, **common)
-        elif name in FITTED or name == "shuffled":
-            sims[name] = fit_simulator(name, fit, **ridge, **common)
-        elif name in CONTROLS:
-            sims[name] = fit_simulator(name, fit, **common)
-        elif name in GRADIENT:
-            if gradients is None:
-                raise ValueError(f"simulator {name!r} needs gradient scores (gradients=...)")
-            import simfluence_jax.gradients.baselines  # noqa: F401  (registers them)
-
-            sims[name] = fit_simulator(name, fit, gradients=gradients, **common)
-            sims[f"{name}_calibrated"] = fit_simulator(
-                f"{name}_calibrated", fit, gradients=gradients, **common
-            )
-        else:
-            known = ", ".join(FITTED + CONTROLS + GRADIENT)
-            raise ValueError(f"unknown simulator {name!r}; known: {known}")
-    return sims
+    """Fits every simulator of ``fit_cfg`` through the registry (``fitting.fit_all``)."""
+    given = dict(l2=fit_cfg.l2, solver=fit_cfg.solver, gradients=gradients, mesh=mesh)
+    names = tuple(fit_cfg.simulators)
+    taken = set().union(*(accepted_keywords(n) for n in names)) if names else set()
+    return fit_all(names, fit, validation=validation,
+                   **{k: v for k, v in given.items() if k in taken})  # fmt: skip
 
 
 def helpful_examples(sim, curriculum: np.ndarray, test_index: int, L_ref: float, k: int):
@@ -227,7 +196,7 @@ def run_experiment(
 
     t0 = time.perf_counter()
     gradients = None
-    if any(n in GRADIENT for n in fit_cfg.simulators):
+    if needs_gradients(fit_cfg.simulators):
         _log("computing gradient scores (TracIn-CP, Grad-Dot, influence functions)")
         gradients = gradient_context(setup, fit, store_dir, **dict(fit_cfg.gradient_kwargs))
     sims = fit_simulators(fit_cfg, fit, val, gradients=gradients, mesh=mesh)
@@ -247,7 +216,7 @@ def run_experiment(
         )
         timings["counterfactual_s"] = time.perf_counter() - t0
 
-    groups = {name: group_of(name) for name in sims}
+    groups = {name: simulator_group(name) for name in sims}
     setup_lines = {
         "task": f"{runs_cfg.task} ({len(setup.task.train_texts)} pool / "
         f"{len(setup.task.test_texts)} test examples)",
