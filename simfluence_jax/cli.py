@@ -335,7 +335,8 @@ def cmd_report(args) -> Path:
     out = write_report(
         args.out, heldout=heldout,
         predictions={n: predict(s, heldout) for n, s in sims.items()},
-        groups={n: simulator_group(n) for n in sims}, config_text=operative_config(), title=exp.title,
+        groups={n: simulator_group(n) for n in sims}, config_text=operative_config(),
+        title=exp.title,
     )  # fmt: skip
     print(f"Report: {Path(out) / 'report.md'}")
     return Path(out)

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 import simfluence_jax as sj
-
 from simfluence_jax import cli
 from simfluence_jax.pipeline import config as cfgs
 
