@@ -6,8 +6,9 @@ quickstart protocol (MiniLM top layer on cached features, `polarity`, each run a
 of the 150 pool sentences, batch 4, 48 steps), split 52 fitting / 4 validation / 8 held-out
 runs (8 held-out runs so that the per-example skill across runs means something). Fitted:
 plain Linear, the kernel form (mu and l2 chosen on validation, effects scaled by the
-learning rate), the kernel form shrunk toward the calibrated TracIn-CP scores, the fitted
-Additive form, the controls and the calibrated gradient baselines; a learning curve over 16,
+learning rate), two attempts to make the kernel generalize (shrunk toward the calibrated
+TracIn-CP scores instead of toward zero; mu and l2 chosen on 8 validation runs, 4 of them
+taken from the fitting runs), the fitted Additive form, the controls and the calibrated gradient baselines; a learning curve over 16,
 32 and 48 fitting runs; and the in-sample (fitting runs) against held-out skill.
 
 Runs, gradient scores and fitted tables are cached under ``--out`` (default
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import simfluence_jax as sj
-from simfluence_jax.evaluation import predict, score
+from simfluence_jax.pipeline import study
 from simfluence_jax.runs import RunSet
 
 #: optimizer settings: (optax name, peak learning rate, keyword arguments).
@@ -57,39 +58,13 @@ def runs_config(name: str):
     )  # fmt: skip
 
 
-def make_runs(name: str, out: Path) -> tuple[RunSet, object]:
+def make_runs(name: str, out: Path):
     """The runs and the gradient scores of one optimizer (cached)."""
-    from simfluence_jax.gradients.context import PrecomputedGradients
-
-    folder = out / name
-    runs_dir, grads_dir = folder / "runs", folder / "gradients"
-    if runs_dir.exists() and grads_dir.exists():
-        return RunSet.load(runs_dir), PrecomputedGradients.load(grads_dir)
-    from simfluence_jax.pipeline.experiment import gradient_context
-    from simfluence_jax.pipeline.generate import generate_runs, prepare, store_name
-
-    cfg = runs_config(name)
-    setup = prepare(cfg)
-    store = folder / store_name(cfg)
-    runs = generate_runs(cfg, store, setup=setup)
-    fit = runs.select(np.arange(NUM_FIT))
-    grads = gradient_context(setup, fit, store, **INFLUENCE).precompute()
-    grads.save(grads_dir)
-    runs.save(runs_dir, overwrite=True)
-    return runs, grads
+    return study.cached_runs(runs_config(name), out / name, num_fit=NUM_FIT,
+                             gradient_kwargs=INFLUENCE)  # fmt: skip
 
 
-def tracin_prior(tracin, fit: RunSet, kernel) -> sj.LinearSimulator:
-    """Calibrated TracIn-CP as a prior mean for the kernel form (``one_plus_sum``):
-    ``A = 0`` and ``B_i = -scale * eta_ref / B * mean_k S[k, i]``, so that with ``mu = 0``
-    and ``s_t = eta_t / eta_ref`` the prior's step is TracIn's first-order decrement."""
-    S = np.asarray(tracin.S).mean(axis=1)  # [M, N]
-    eta_ref = float(np.max(fit.learning_rates))
-    B = -float(np.asarray(tracin.scale)) * eta_ref / fit.batch_size * S
-    return kernel.replace(A=np.zeros_like(B, np.float32), B=B.astype(np.float32))
-
-
-def fit_all(fit: RunSet, val: RunSet, grads) -> dict[str, object]:
+def fit_study(fit: RunSet, val: RunSet, grads) -> dict[str, object]:
     sims = {
         "linear": sj.fit_simulator("linear", fit, validation=val),
         "linear_kernel": sj.fit_simulator("linear_kernel", fit, validation=val),
@@ -103,34 +78,33 @@ def fit_all(fit: RunSet, val: RunSet, grads) -> dict[str, object]:
     base = sj.fit_simulator(
         "linear", fit, validation=val, momentum="auto", lr_scaled=True, alpha="one_plus_sum"
     )
-    prior = tracin_prior(sims["tracin_cp_calibrated"], fit, base)
+    prior = study.tracin_prior(sims["tracin_cp_calibrated"], fit, base)
     sims["linear_kernel_tracin_prior"] = sj.fit_simulator(
         "linear", fit, validation=val, momentum="auto", lr_scaled=True, alpha="one_plus_sum",
         prior=prior,
     ).replace(name="linear_kernel_tracin_prior")  # fmt: skip
+    # Choosing mu and l2 on twice as many validation runs (taken from the fitting runs).
+    more_val = RunSet.concatenate([fit.select(np.arange(fit.num_runs - NUM_VAL, fit.num_runs)),
+                                   val])  # fmt: skip
+    sims["linear_kernel_val8"] = sj.fit_simulator(
+        "linear_kernel", fit.select(np.arange(fit.num_runs - NUM_VAL)), validation=more_val
+    ).replace(name="linear_kernel_val8")
     return sims
-
-
-KEYS = ("mse_mean", "change_spearman_mean", "per_example_spearman_mean", "final_spearman_mean")
 
 
 def analyse(name: str, runs: RunSet, grads) -> dict:
     fit_all_runs, val, heldout = runs.split(NUM_FIT, NUM_VAL, NUM_HELDOUT)
     t0 = time.perf_counter()
-    sims = fit_all(fit_all_runs, val, grads)
+    sims = fit_study(fit_all_runs, val, grads)
     fit_s = time.perf_counter() - t0
-    table = {n: {k: score(predict(s, heldout), heldout)[k] for k in KEYS} for n, s in sims.items()}
-    in_sample = {
-        n: {k: score(predict(sims[n], fit_all_runs), fit_all_runs)[k] for k in KEYS}
-        for n in ("linear", "linear_kernel")
-    }
+    table = study.scores(sims, heldout)
+    in_sample = study.scores({n: sims[n] for n in ("linear", "linear_kernel")}, fit_all_runs)
     curve = {}
     for n_fit in CURVE:
         sub = fit_all_runs.select(np.arange(n_fit))
         for sim_name in ("linear", "linear_kernel"):
             sim = sj.fit_simulator(sim_name, sub, validation=val)
-            row = score(predict(sim, heldout), heldout)
-            curve.setdefault(sim_name, {})[n_fit] = {k: row[k] for k in KEYS}
+            curve.setdefault(sim_name, {})[n_fit] = study.scores({"s": sim}, heldout)["s"]
     drop = float(np.mean(runs.losses[:, -1] - runs.losses[:, 0]))
     kernel = sims["linear_kernel"]
     return {

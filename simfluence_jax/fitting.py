@@ -67,8 +67,8 @@ def path_mse(sims: LinearSimulator, K: int, runs: RunSet, *, mesh=None) -> np.nd
         rollout(sims, runs.batches, L0, learning_rates=runs.learning_rates, mesh=mesh)
     )
     pred = pred.reshape(pred.shape[:2] + (K, M))
-    err = (pred[:, 1:] - runs.losses[:, 1:, None, :]) ** 2
     with np.errstate(over="ignore", invalid="ignore"):
+        err = (pred[:, 1:] - runs.losses[:, 1:, None, :]) ** 2
         mse = np.mean(err, axis=(0, 1, 3))
     finite = np.all(np.isfinite(pred), axis=(0, 1, 3))
     return np.where(finite & np.isfinite(mse), mse, np.inf)
