@@ -8,8 +8,9 @@ runs (8 held-out runs so that the per-example skill across runs means something)
 plain Linear, the kernel form (mu and l2 chosen on validation, effects scaled by the
 learning rate), two attempts to make the kernel generalize (shrunk toward the calibrated
 TracIn-CP scores instead of toward zero; mu and l2 chosen on 8 validation runs, 4 of them
-taken from the fitting runs), the fitted Additive form, the controls and the calibrated gradient baselines; a learning curve over 16,
-32 and 48 fitting runs; and the in-sample (fitting runs) against held-out skill.
+taken from the fitting runs), the fitted Additive form, the controls and the calibrated
+gradient baselines; a learning curve over 16, 32 and 48 fitting runs; and the in-sample
+(fitting runs) against held-out skill.
 
 Runs, gradient scores and fitted tables are cached under ``--out`` (default
 ``outputs/optimizers``): a re-run only redoes what is missing. Writes ``results.json`` and
