@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from simfluence_jax.io import atomic_write, git_revision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,19 +31,13 @@ def environment() -> dict:
     import jax
     import numpy as np
 
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        sha = ""
     return {
         "python": platform.python_version(),
         "jax": jax.__version__,
         "numpy": np.__version__,
         "devices": [str(d) for d in jax.devices()],
         "cpu_count": os.cpu_count(),
-        "git": sha,
+        "git": git_revision(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -65,5 +60,5 @@ def write(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {"environment": environment(), **payload}
-    path.write_text(json.dumps(payload, indent=1))
+    atomic_write(path, json.dumps(payload, indent=1))
     return path

@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -121,7 +122,7 @@ def configs():
     """The gin-bound ``(RunsConfig, FitConfig, CounterfactualConfig, Experiment)``."""
     gin = _gin()
     try:
-        return (
+        out = (
             gin.get_configurable("RunsConfig")(),
             gin.get_configurable("FitConfig")(),
             gin.get_configurable("CounterfactualConfig")(),
@@ -129,6 +130,60 @@ def configs():
         )
     except (TypeError, ValueError) as e:
         raise ValueError(f"missing or bad gin binding: {e}") from None
+    for cfg in out[:3]:
+        _check_types(cfg)
+    return out
+
+
+def _check_types(cfg) -> None:
+    """Checks the gin-bound fields of a config record against their annotations (so that
+    ``--gin.FitConfig.num_fit="'abc'"`` is named here, not a TypeError deep inside)."""
+    import typing
+
+    hints = typing.get_type_hints(type(cfg))
+    for field in dataclasses.fields(cfg):
+        hint = hints.get(field.name, typing.Any)
+        value = getattr(cfg, field.name)
+        if not _matches(value, hint):
+            raise ValueError(
+                f"bad gin value: {type(cfg).__name__}.{field.name} = {value!r} "
+                f"({type(value).__name__}); expected {_hint_name(hint)}"
+            )
+
+
+def _matches(value, hint) -> bool:
+    import collections.abc
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+    if origin in (collections.abc.Mapping, dict):
+        return isinstance(value, collections.abc.Mapping)
+    return True
+
+
+def _hint_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def operative_config() -> str:
@@ -214,8 +269,20 @@ def _load_sims(folder):
     from simfluence_jax.simulators.io import load_simulator
 
     folder = Path(folder)
-    found = sorted(p.parent for p in folder.glob("*/meta.json"))
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.is_dir() and p.name[0] != ".")
+    except FileNotFoundError:
+        raise ValueError(f"no saved simulators in {folder}: the folder does not exist") from None
+    except PermissionError:
+        raise ValueError(f"permission denied reading the simulators folder {folder}") from None
+    except NotADirectoryError:
+        raise ValueError(f"{folder} is not a folder of saved simulators") from None
+    unreadable = [p for p in entries if not os.access(p, os.R_OK | os.X_OK)]
+    found = [p for p in entries if (p / "meta.json").exists()]
     if not found:
+        if unreadable:
+            names = ", ".join(p.name for p in unreadable)
+            raise ValueError(f"permission denied reading the saved simulators in {folder}: {names}")
         raise ValueError(f"no saved simulators in {folder}")
     return {p.name: load_simulator(p) for p in found}
 
@@ -249,21 +316,40 @@ def _curriculum(args, runs):
     else:
         raise ValueError("give --curriculum FILE, or --runs DIR with --run INDEX")
 
-    def ids(text):
+    pool = runs.num_train if runs is not None else None
+
+    def ids(text, option):
         try:
-            return [int(x) for x in text.split(",") if x.strip()]
+            out = [int(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise ValueError(f"ids must be comma-separated integers, got {text!r}") from None
+            raise ValueError(
+                f"{option}: ids must be comma-separated integers, got {text!r}"
+            ) from None
+        outside = [i for i in out if i < 0 or (pool is not None and i >= pool)]
+        if outside:
+            raise ValueError(
+                f"{option}: ids {outside} are not in the pool of {pool} training examples "
+                f"(ids 0..{pool - 1})"
+                if pool is not None
+                else f"{option}: ids must be >= 0, got {outside}"
+            )
+        absent = sorted(set(out) - set(cf.flatten(base).tolist()))
+        if absent:
+            raise ValueError(
+                f"{option}: ids {absent} do not occur in the curriculum being edited, so the "
+                "edit would not change it"
+            )
+        return out
 
     edited = base
     if args.remove:
-        edited = cf.remove(edited, ids(args.remove))
+        edited = cf.remove(edited, ids(args.remove, "--remove"))
     if args.duplicate:
-        edited = cf.duplicate(edited, ids(args.duplicate))
+        edited = cf.duplicate(edited, ids(args.duplicate, "--duplicate"))
     if args.reverse:
         edited = cf.reverse(edited)
     if args.move_to_end:
-        for i in ids(args.move_to_end):
+        for i in ids(args.move_to_end, "--move_to_end"):
             edited = cf.move_to_end(edited, i)
     return base, edited
 
@@ -277,6 +363,12 @@ def cmd_simulate(args) -> np.ndarray:
         raise ValueError(f"no simulator {args.name!r} in {args.simulators}; have {sorted(sims)}")
     sim = sims[args.name]
     runs = _load_runs(args.runs) if args.runs else None
+    sim_pool = getattr(sim, "num_train", None)
+    if runs is not None and sim_pool is not None and sim_pool != runs.num_train:
+        raise ValueError(
+            f"the simulator {args.name!r} in {args.simulators} covers {sim_pool} training "
+            f"examples but the run set {args.runs} has a pool of {runs.num_train}"
+        )
     base, edited = _curriculum(args, runs)
     if runs is not None:
         r = args.run if not args.curriculum else 0
@@ -351,6 +443,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="simfluence", description=doc[0],
         epilog=textwrap.dedent(doc[1]), formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -433,16 +526,49 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error_line(err: BaseException) -> str | None:
+    """One line for an error the user can act on, or ``None`` for a bug (traceback)."""
+    import errno
+    import tokenize
+
+    from simfluence_jax import io as sio
+
+    if isinstance(err, tokenize.TokenError):
+        return f"bad gin configuration: unbalanced parenthesis or bracket ({err.args[0]})"
+    if isinstance(err, ValueError):
+        return str(err)
+    if isinstance(err, OSError):
+        name = f" {err.filename}" if err.filename else ""
+        if not err.strerror or type(err).__name__ == "StoreWriteError":
+            return str(err)
+        if isinstance(err, PermissionError):
+            return f"permission denied:{name} ({err.strerror})"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = err.filename or "."
+            return f"{err.strerror} writing{name} ({sio.free_space(where)} there)"
+        return f"{err.strerror}:{name}" if name else err.strerror
+    return None
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     bindings = [a[len("--gin.") :] for a in argv if a.startswith("--gin.")]
     rest = [a for a in argv if not a.startswith("--gin.")]
+    debug = "--debug" in rest
+    rest = [a for a in rest if a != "--debug"]
     args = _parser().parse_args(rest)
     try:
         parse_gin(args.gin_file, bindings)
         args.fn(args)
-    except (ValueError, OSError) as e:
-        print(f"simfluence {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        line = _error_line(e)
+        if line is None or debug:
+            if line is None:
+                raise
+            import traceback
+
+            traceback.print_exc()
+        print(f"simfluence {args.command}: error: {line}", file=sys.stderr)
         return 1
     return 0
 

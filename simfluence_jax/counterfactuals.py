@@ -7,6 +7,11 @@ copies of) those examples would feed the model; the last batch is ragged (``-1``
 Curricula of different lengths stack with ``stack``, which pads with all-padding steps
 (simulated as no update).
 
+Ids are checked: they must be integers (``1.7`` is an error, not example 1) and, for
+``remove``, ``duplicate``, ``move`` and ``move_to_end``, occur in the curriculum, since an edit
+that silently changes nothing reads as "this example does not matter". Pass
+``missing="ignore"`` to ``remove`` / ``duplicate`` to skip ids that do not occur.
+
 Under the plain-sum form (alpha = sum A_i) a ragged batch has a smaller alpha than a full
 one, which the simulator reads as a loss drop the real model would not show; when an edit
 changes the number of examples, change it by a multiple of the batch size or use the
@@ -38,11 +43,43 @@ def _curriculum(batches) -> np.ndarray:
     return b.astype(np.int32)
 
 
-def _ids(ids) -> np.ndarray:
+def _ids(ids, what: str = "ids") -> np.ndarray:
+    """``int64[k]`` ids, checked: integers (integral floats such as ``3.0`` are accepted),
+    non-negative."""
     arr = np.atleast_1d(np.asarray(ids))
-    if arr.dtype.kind not in "iu" or (arr.size and arr.min() < 0):
-        raise ValueError(f"ids must be non-negative integers, got {ids!r}")
-    return arr
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a list of integers, got shape {arr.shape}")
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            bad = arr[~np.isfinite(arr) | (arr != np.round(arr))]
+            raise ValueError(f"{what} must be integers, got {bad.tolist()}")
+    elif arr.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be non-negative integers, got {ids!r}")
+    if arr.min() < 0:
+        raise ValueError(f"{what} must be non-negative integers, got {arr[arr < 0].tolist()}")
+    return arr.astype(np.int64)
+
+
+def _example(example) -> int:
+    if isinstance(example, (bool, np.bool_)):
+        raise ValueError(f"example must be an integer id, got {example!r}")
+    return int(_ids([example], "example")[0])
+
+
+def _check_present(b: np.ndarray, ids: np.ndarray, missing: str) -> np.ndarray:
+    """The ids that occur in curriculum ``b``; raises for the others unless ignored."""
+    if missing not in ("raise", "ignore"):
+        raise ValueError(f"missing must be 'raise' or 'ignore', got {missing!r}")
+    present = np.isin(ids, b[b >= 0])
+    if not present.all() and missing == "raise":
+        absent = sorted(set(ids[~present].tolist()))
+        raise ValueError(
+            f"ids {absent} do not occur in the curriculum, so the edit would not change it; "
+            "pass missing='ignore' to skip them"
+        )
+    return ids[present]
 
 
 def flatten(batches) -> np.ndarray:
@@ -64,27 +101,38 @@ def pack(sequence, batch_size: int) -> np.ndarray:
     return out.reshape(T, batch_size)
 
 
-def remove(batches, ids: Sequence[int], *, repack: bool = True) -> np.ndarray:
+def remove(
+    batches, ids: Sequence[int], *, repack: bool = True, missing: str = "raise"
+) -> np.ndarray:
     """Drops every occurrence of ``ids``.
 
     With ``repack`` (default) the remaining examples are re-packed into full batches;
     otherwise their slots become padding and the step structure is kept.
+
+    Raises:
+      ValueError: for ids that are not integers, or (unless ``missing="ignore"``) do not
+        occur in the curriculum.
     """
     b = _curriculum(batches)
-    drop = np.isin(b, _ids(ids))
+    drop = np.isin(b, _check_present(b, _ids(ids), missing))
     if not repack:
         return np.where(drop, -1, b).astype(np.int32)
     seq = b[(b >= 0) & ~drop]
     return pack(seq, b.shape[1])
 
 
-def duplicate(batches, ids: Sequence[int], *, times: int = 1) -> np.ndarray:
-    """Each occurrence of ``ids`` is followed by ``times`` extra copies; re-packed."""
-    if times < 0:
-        raise ValueError(f"times must be >= 0, got {times}")
+def duplicate(batches, ids: Sequence[int], *, times: int = 1, missing: str = "raise") -> np.ndarray:
+    """Each occurrence of ``ids`` is followed by ``times`` extra copies; re-packed.
+
+    Raises:
+      ValueError: for ids that are not integers, or (unless ``missing="ignore"``) do not
+        occur in the curriculum.
+    """
+    if isinstance(times, bool) or not isinstance(times, (int, np.integer)) or times < 0:
+        raise ValueError(f"times must be an integer >= 0, got {times!r}")
     b = _curriculum(batches)
     seq = flatten(b)
-    reps = np.where(np.isin(seq, _ids(ids)), times + 1, 1)
+    reps = np.where(np.isin(seq, _check_present(b, _ids(ids), missing)), times + 1, 1)
     return pack(np.repeat(seq, reps), b.shape[1])
 
 
@@ -98,9 +146,11 @@ def move(batches, example: int, position: int) -> np.ndarray:
     example trained on; negative counts from the end, -1 = last); re-packed."""
     b = _curriculum(batches)
     seq = flatten(b)
-    hits = seq == int(example)
+    hits = seq == _example(example)
     if not hits.any():
         raise ValueError(f"example {example} does not occur in the curriculum")
+    if isinstance(position, bool) or not isinstance(position, (int, np.integer)):
+        raise ValueError(f"position must be an integer, got {position!r}")
     rest = seq[~hits]
     n = rest.size + 1
     if not -n <= position < n:
@@ -114,7 +164,7 @@ def move_to_end(batches, example: int) -> np.ndarray:
     """Moves ``example`` so that it is trained on last."""
     b = _curriculum(batches)
     seq = flatten(b)
-    hits = seq == int(example)
+    hits = seq == _example(example)
     if not hits.any():
         raise ValueError(f"example {example} does not occur in the curriculum")
     return pack(np.concatenate([seq[~hits], seq[hits]]), b.shape[1])

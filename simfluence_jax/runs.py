@@ -12,8 +12,10 @@ evaluated on M test examples (DESIGN.md section 2):
 
 Run sets are saved as a directory holding ``arrays.npz`` (plain numeric and unicode arrays,
 read with ``allow_pickle=False``) and ``meta.json`` (format version, ids, free metadata),
-written to a temporary directory first and renamed into place, so a crash never leaves a
-half-written run set under the final name.
+written to a temporary directory first and swapped into place
+(:func:`simfluence_jax.io.replace_directory`), so a crash never leaves a half-written run
+set under the final name and a reader finds the old or the new one. Loading checks both
+files (format, version, JSON types, array dtypes and shapes) and names the file at fault.
 """
 
 from __future__ import annotations
@@ -21,14 +23,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from simfluence_jax import io as sio
 
 FORMAT_NAME = "simfluence_jax.RunSet"
 #: Metadata keys holding one entry per run; ``select`` and ``concatenate`` keep them aligned.
@@ -298,75 +299,74 @@ class RunSet:
 
     # Persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Writes the run set to directory ``path`` atomically; returns the path."""
+        """Writes the run set to directory ``path`` atomically; returns the path.
+
+        An existing run set is replaced only with ``overwrite=True``, by an atomic swap (a
+        reader finds the old or the new version, never neither); temporaries left by a killed
+        save are removed.
+        """
         path = Path(path)
-        if path.exists() and not overwrite:
+        if sio.resolve_directory(path).exists() and not overwrite:
             raise ValueError(f"{path} already exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            arrays = {"batches": self.batches, "losses": self.losses}
-            for key in ("train_ids", "test_ids"):
-                arrays[key] = getattr(self, key)
-            if self.learning_rates is not None:
-                arrays["learning_rates"] = self.learning_rates
-            np.savez(tmp / "arrays.npz", **arrays)
-            meta = {
-                "format": FORMAT_NAME,
-                "version": FORMAT_VERSION,
-                "num_train": self.num_train,
-                "metadata": self.metadata,
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        arrays = {"batches": self.batches, "losses": self.losses}
+        for key in ("train_ids", "test_ids"):
+            arrays[key] = getattr(self, key)
+        if self.learning_rates is not None:
+            arrays["learning_rates"] = self.learning_rates
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "num_train": self.num_train,
+            "metadata": self.metadata,
+        }
+        files = {"arrays.npz": sio.npz_bytes(arrays), "meta.json": sio.json_bytes(meta)}
+        with sio.replace_directory(path) as tmp:
+            sio.write_files(tmp, files)
         return path
 
     @staticmethod
     def load(path: str | os.PathLike) -> RunSet:
-        """Reads a run set written by ``save``; checks the format version."""
-        path = Path(path)
+        """Reads a run set written by ``save``.
+
+        Raises:
+          ValueError: naming the file and the problem: not a run set, another format version,
+            ``meta.json`` not UTF-8 / not JSON / not an object / missing keys,
+            ``arrays.npz`` truncated, garbled, holding object arrays, missing arrays or
+            arrays of the wrong dtype or shape, or contents that fail ``RunSet``'s checks.
+        """
+        path = sio.resolve_directory(path)
         meta_file, arrays_file = path / "meta.json", path / "arrays.npz"
         if not path.is_dir():
             raise ValueError(f"no run set at {path}: not a directory")
-        if not meta_file.exists() or not arrays_file.exists():
-            raise ValueError(f"{path} is not a complete run set (meta.json or arrays.npz missing)")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta_file} is not valid JSON: {e}") from None
-        if meta.get("format") != FORMAT_NAME:
-            raise ValueError(
-                f"{path} is not a simfluence_jax run set (format {meta.get('format')!r})"
-            )
-        if meta.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path} was written in run-set format version {meta.get('version')}; this "
-                f"version of simfluence_jax reads version {FORMAT_VERSION}"
-            )
-        try:
-            with np.load(arrays_file, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{arrays_file} is unreadable or truncated: {e}") from None
-        missing = {"batches", "losses", "train_ids", "test_ids"} - set(arrays)
-        if missing:
-            raise ValueError(f"{arrays_file} lacks arrays {sorted(missing)}")
-        return RunSet(
-            batches=arrays["batches"],
-            losses=arrays["losses"],
-            num_train=meta["num_train"],
-            train_ids=arrays["train_ids"],
-            test_ids=arrays["test_ids"],
-            metadata=meta.get("metadata", {}),
-            learning_rates=arrays.get("learning_rates"),
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ValueError(f"permission denied reading the run set folder {path}")
+        meta = sio.read_json(meta_file, what="run set metadata")
+        sio.check_format(meta_file, meta, name=FORMAT_NAME, version=FORMAT_VERSION, what="run set")
+        sio.check_keys(
+            meta_file, meta, required=["num_train"], types={"num_train": int, "metadata": dict},
+            what="run set metadata",
+        )  # fmt: skip
+        arrays = sio.read_npz(
+            arrays_file,
+            {
+                "batches": sio.ArraySpec("iu", ("R", "T", "B")),
+                "losses": sio.ArraySpec("f", ("R", None, "M")),
+                "train_ids": sio.ArraySpec("iuU", ("N",)),
+                "test_ids": sio.ArraySpec("iuU", ("M",)),
+                "learning_rates": sio.ArraySpec("iuf", ("R", "T"), optional=True),
+            },
+            {"N": meta["num_train"]},
+            what="run set arrays file",
         )
+        try:
+            return RunSet(
+                batches=arrays["batches"],
+                losses=arrays["losses"],
+                num_train=meta["num_train"],
+                train_ids=arrays["train_ids"],
+                test_ids=arrays["test_ids"],
+                metadata=meta.get("metadata", {}),
+                learning_rates=arrays.get("learning_rates"),
+            )
+        except ValueError as err:
+            raise ValueError(f"{arrays_file}: {err}") from None

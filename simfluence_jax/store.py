@@ -5,6 +5,8 @@ Layout (``FORMAT_VERSION`` 1)::
     store/
       store.json            format name and version, sizes, shared metadata, fingerprint
       plan.npz              batches int32[R, T, B], seeds int64[R], train_ids, test_ids
+      LOCK                  the writers' lock (pid and host of each holder)
+      locks/run_000007.lock the lock of one run
       runs/run_000007/
         meta.json           seed, git revision, learning rates eta_1..eta_T, run metadata
         config.txt          the operative configuration text that made the run
@@ -16,23 +18,38 @@ Layout (``FORMAT_VERSION`` 1)::
 
 Guarantees:
 
-* **Atomic small files.** Every JSON/npz file is written to a temporary name, flushed,
-  fsync'ed and moved into place with ``os.replace``; a reader sees the old file or the new.
+* **Atomic small files.** Every JSON/npz file is written through
+  :func:`simfluence_jax.io.atomic_write` (temporary name, fsync, ``os.replace``); a reader
+  sees the old file or the new.
 * **Ordering.** Loss rows are written into the memory map and flushed *before*
-  ``progress.json`` names them, and ``COMPLETE`` is written after every row; so a run is
-  complete only once its marker exists, and :func:`collect` never reads another run.
-  The marker holds the SHA-256 of ``losses.npy`` and ``collect`` checks it.
+  ``progress.json`` names them, and ``COMPLETE`` is written after every row and every
+  checkpoint of the run is on disk and verified; so a run is complete only once its marker
+  exists, and :func:`collect` never reads another run. The marker holds the SHA-256 of
+  ``losses.npy`` and ``collect`` checks it.
+* **Checkpoints** are written by orbax under a temporary name, read back and compared with
+  what was saved, and only then renamed into place; a checkpoint folder found incomplete on
+  resume is redone (its run replays from a step before it), never skipped.
+* **One writer.** Every process that writes a store holds its ``LOCK`` (``fcntl.flock``,
+  with its pid and host written in it): one process alone holds it exclusively; the
+  processes of one multi-process job (``process_count > 1``) share it, and each also holds
+  the lock of every run it writes, so they write disjoint runs. A second writer stops at
+  once with :class:`StoreBusyError` naming the other process, or waits (``wait=True`` or a
+  number of seconds). Locks die with their process, so a crash leaves nothing locked.
 * **Resume.** A killed job is resumed by re-running it: a run restarts from its last
   ``state.npz`` snapshot (step s, taken every ``snapshot_every`` steps, stored as plain npz
   and read with ``allow_pickle=False``) or from step 0, and replays the steps after s.
   Because step t depends only on the state after step t-1, the batch ids of step t and
   ``fold_in(seed, t)``, and the replay runs the same compiled program, the rows it rewrites
   are bit-identical to those lost, and the final record equals an uninterrupted run's
-  (``tests/test_store.py`` kills a worker mid-run to check this).
-* **Versioning.** ``open_store`` refuses a store of another format version, naming both.
-* **Write errors** (a full disk, say) raise :class:`StoreWriteError` naming the run and the
-  file; runs already complete are never opened for writing again, so they stay intact, and
-  the run that failed resumes later.
+  (``tests/test_store.py`` and ``tests/test_reliability.py`` kill workers to check this).
+  An incomplete run whose partial files are damaged is redone from step 0.
+* **Validation.** Every file is checked where it is read; a damaged one is a ``ValueError``
+  naming the file and the problem. ``open_store`` refuses a store of another format
+  version, naming both (and saying so when a newer version wrote it).
+* **Write errors** (a full disk, missing permissions; from our code or from orbax) raise
+  :class:`StoreWriteError` naming the path and the free space; runs already complete are
+  never opened for writing again, so they stay intact, and the run that failed resumes
+  later.
 
 Checkpoints for TracIn-CP (Pruthi et al., 2020) are orbax checkpoints of the trainable
 parameters at chosen steps, each with the learning rate of the update taken from it.
@@ -42,72 +59,79 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
+import re
 import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
+import time
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from simfluence_jax import checkpoints as ckpt
+from simfluence_jax import io as sio
+from simfluence_jax.locks import FileLock, StoreBusyError
+
 FORMAT_NAME = "simfluence_jax.RunStore"
 FORMAT_VERSION = 1
+#: Seconds ``create_store`` waits for another process that is creating the same store.
+CREATE_WAIT = 120.0
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "RunStore",
+    "RunWriter",
+    "StoreBusyError",
+    "StoreWriteError",
+    "checkpoint_steps",
+    "collect",
+    "create_store",
+    "load_checkpoint",
+    "open_store",
+    "remove_incomplete",
+]
 
 
 class StoreWriteError(OSError):
-    """Writing to the run store failed (disk full, permissions, ...)."""
+    """Writing to the run store failed (disk full, permissions, ...); the message names the
+    path and the free space."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
-# ---------------------------------------------------------------------------------------------
-# Low-level atomic writes.
+def _write_error(err: BaseException, path: Path, what: str, *, resume: bool = True):
+    """A :class:`StoreWriteError` for a storage failure behind ``err``, else ``None``."""
+    if isinstance(err, StoreWriteError):
+        return err
+    code = sio.storage_errno(err)
+    if code is None and not isinstance(err, OSError):
+        return None
+    tail = (
+        f"Runs already complete are intact; {sio.storage_advice(code)} and rerun to resume"
+        if resume
+        else f"{sio.storage_advice(code).capitalize()} and retry"
+    )
+    return StoreWriteError(
+        code or getattr(err, "errno", None) or 0,
+        f"could not write {what} ({path}): {sio.storage_reason(code, err)}; "
+        f"{sio.free_space(path)} there. {tail}",
+    )
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+@contextlib.contextmanager
+def _storage_guard(path: Path, what: str, *, resume: bool = True) -> Iterator[None]:
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
-
-
-def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    _atomic_write(path, buf.getvalue())
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the store is damaged") from None
+        yield
+    except Exception as err:
+        wrapped = _write_error(err, path, what, resume=resume)
+        if wrapped is None:
+            raise
+        raise wrapped from None
 
 
 def _sha256(path: Path) -> str:
@@ -118,29 +142,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def git_revision(path: str | Path | None = None) -> str:
-    """The git commit of the code at ``path`` (default: this package), ``+dirty`` if edited,
-    or ``"unknown"`` outside a git checkout."""
-    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
-        )
-        if rev.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 # ---------------------------------------------------------------------------------------------
+
+_INFO_TYPES = {
+    "num_runs": int,
+    "num_steps": int,
+    "batch_size": int,
+    "num_train": int,
+    "num_test": int,
+    "metadata": dict,
+    "fingerprint": str,
+}
+_PLAN_SPECS = {
+    "batches": sio.ArraySpec("iu", ("R", "T", "B")),
+    "seeds": sio.ArraySpec("iu", ("R",)),
+    "train_ids": sio.ArraySpec("iuU", ("N",)),
+    "test_ids": sio.ArraySpec("iuU", ("M",)),
+}
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
 
 class RunStore:
@@ -154,6 +173,7 @@ class RunStore:
         self.seeds: np.ndarray = plan["seeds"]
         self.train_ids: np.ndarray = plan["train_ids"]
         self.test_ids: np.ndarray = plan["test_ids"]
+        self._held_runs: dict[int, FileLock] = {}
 
     # Sizes -------------------------------------------------------------------------------
     @property
@@ -183,18 +203,71 @@ class RunStore:
     def complete_runs(self) -> list[int]:
         return [r for r in range(self.num_runs) if self.is_complete(r)]
 
+    # Locks -------------------------------------------------------------------------------
+    def lock(self, *, shared: bool = False, wait: bool | float = False, doing: str = ""):
+        """Takes the store's writer lock (exclusive, or shared among the processes of one
+        job) and returns it; release it with ``.release()`` or a ``with`` block.
+
+        Raises:
+          StoreBusyError: naming the process that holds it, unless waited for.
+        """
+        lock = FileLock(self.path / "LOCK", what=f"the run store {self.path}", doing=doing)
+        with _storage_guard(self.path / "LOCK", "the lock file", resume=False):
+            return lock.acquire(shared=shared, wait=wait)
+
+    @contextlib.contextmanager
+    def holding_runs(self, runs: Sequence[int], *, wait: bool | float = False, doing: str = ""):
+        """Holds the locks of ``runs`` for the ``with`` block (writers of these runs made
+        inside it use them)."""
+        taken = []
+        try:
+            for run in runs:
+                self.run_dir(run)  # range check
+                taken.append((run, self._run_lock(run, wait=wait, doing=doing)))
+                self._held_runs[run] = taken[-1][1]
+            yield
+        finally:
+            for run, lock in taken:
+                self._held_runs.pop(run, None)
+                lock.release()
+
+    def _run_lock(self, run: int, *, wait: bool | float, doing: str) -> FileLock:
+        folder = self.path / "locks"
+        path = folder / f"run_{run:06d}.lock"
+        lock = FileLock(path, what=f"run {run} of the run store {self.path}", doing=doing)
+        with _storage_guard(path, "the lock file", resume=False):
+            sio.make_dirs(folder)
+            return lock.acquire(wait=wait)
+
+    # Reading -----------------------------------------------------------------------------
     def rows_done(self, run: int) -> int:
         """Rows of ``losses`` durably written (0 .. T+1)."""
         progress = self.run_dir(run) / "progress.json"
         if not progress.exists():
             return 0
-        return int(_read_json(progress)["rows"])
+        rows = sio.read_json(progress, what="progress file", required=["rows"], types={"rows": int})
+        rows = rows["rows"]
+        if not 0 <= rows <= self.num_steps + 1:
+            raise ValueError(f"{progress}: rows = {rows} is outside 0..{self.num_steps + 1}")
+        return rows
 
-    def writer(self, run: int) -> RunWriter:
-        """A writer for one incomplete run (the caller owns the run while writing it)."""
+    def writer(self, run: int, *, wait: bool | float = False) -> RunWriter:
+        """A writer for one incomplete run. It holds the run's lock (taken here unless held
+        through :meth:`holding_runs`) until ``finish`` or ``close``.
+
+        Raises:
+          ValueError: if the run is complete (complete runs are never rewritten).
+          StoreBusyError: if another process writes this run.
+        """
         if self.is_complete(run):
             raise ValueError(f"run {run} in {self.path} is complete; it is never rewritten")
-        return RunWriter(self, run)
+        lock = None
+        if run not in self._held_runs:
+            lock = self._run_lock(run, wait=wait, doing="writing the run")
+            if self.is_complete(run):
+                lock.release()
+                raise ValueError(f"run {run} in {self.path} is complete; it is never rewritten")
+        return RunWriter(self, run, lock=lock)
 
     def check_fingerprint(self, fingerprint: str) -> None:
         """Raises if the store was made with other training settings."""
@@ -204,23 +277,68 @@ class RunStore:
                 f"(fingerprint {self.fingerprint}, now {fingerprint}); use a new store directory"
             )
 
+    def completion(self, run: int) -> dict:
+        """The validated ``COMPLETE`` marker of a complete run."""
+        marker = self.run_dir(run) / "COMPLETE"
+        if not marker.exists():
+            raise ValueError(f"run {run} in {self.path} is not complete")
+        done = sio.read_json(
+            marker,
+            what="completion marker",
+            required=["rows", "sha256"],
+            types={"rows": int, "sha256": str},
+        )
+        if done["rows"] != self.num_steps + 1:
+            raise ValueError(
+                f"{marker}: rows = {done['rows']}, expected {self.num_steps + 1}; the marker "
+                "is damaged (delete it to redo the run)"
+            )
+        if not re.fullmatch(r"[0-9a-f]{64}", done["sha256"]):
+            raise ValueError(f"{marker}: sha256 is not a SHA-256 digest; the marker is damaged")
+        return done
+
     def load_losses(self, run: int) -> np.ndarray:
         """``float32[T+1, M]`` of a complete run, checked against its completion marker."""
         run_dir = self.run_dir(run)
-        marker = run_dir / "COMPLETE"
-        if not marker.exists():
-            raise ValueError(f"run {run} in {self.path} is not complete")
-        done = _read_json(marker)
-        if _sha256(run_dir / "losses.npy") != done["sha256"]:
+        done = self.completion(run)
+        losses_file = run_dir / "losses.npy"
+        if not losses_file.exists():
+            raise ValueError(f"{losses_file}: the losses of complete run {run} are missing")
+        if _sha256(losses_file) != done["sha256"]:
             raise ValueError(
-                f"run {run} in {self.path}: losses.npy does not match its completion checksum "
-                "(modified or damaged after completion)"
+                f"run {run} in {self.path}: {losses_file} does not match its completion "
+                "checksum (modified or damaged after completion)"
             )
-        losses = np.load(run_dir / "losses.npy", allow_pickle=False)
+        losses = sio.read_npy(
+            losses_file,
+            shape=(self.num_steps + 1, self.num_test),
+            dtype=np.float32,
+            what="losses file",
+        )
+        if not np.all(np.isfinite(losses)):
+            raise ValueError(f"{losses_file}: the losses of complete run {run} are not finite")
         return np.asarray(losses, np.float32)
 
     def run_meta(self, run: int) -> dict:
-        return _read_json(self.run_dir(run) / "meta.json")
+        """The validated ``meta.json`` of a run."""
+        path = self.run_dir(run) / "meta.json"
+        meta = sio.read_json(
+            path,
+            what="run metadata",
+            types={"seed": int, "git_revision": str, "learning_rates": list, "group_size": int},
+        )
+        rates = meta.get("learning_rates")
+        if rates is not None:
+            ok = len(rates) == self.num_steps and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < np.inf
+                for x in rates
+            )
+            if not ok:
+                raise ValueError(
+                    f"{path}: learning_rates must be {self.num_steps} finite numbers >= 0 "
+                    "(one per step); the file is damaged"
+                )
+        return meta
 
 
 def _plan_arrays(batches, seeds, train_ids, test_ids, num_train, num_test) -> dict:
@@ -253,29 +371,39 @@ def _plan_arrays(batches, seeds, train_ids, test_ids, num_train, num_test) -> di
     }
 
 
-def _check_version(path: Path, info: dict) -> None:
-    if info.get("format") != FORMAT_NAME:
-        raise ValueError(
-            f"{path} is not a simfluence_jax run store (format {info.get('format')!r})"
-        )
-    if info.get("version") != FORMAT_VERSION:
-        raise ValueError(
-            f"the run store {path} has format version {info.get('version')}; this version of "
-            f"simfluence_jax reads version {FORMAT_VERSION}. Collect it with the version that "
-            "wrote it, or start a new store"
-        )
-
-
 def open_store(path: str | Path) -> RunStore:
-    """Opens an existing store; raises ``ValueError`` if absent or of another version."""
+    """Opens an existing store, validating ``store.json`` and ``plan.npz``.
+
+    Raises:
+      ValueError: if absent, of another format version, or damaged (naming the file).
+    """
     path = Path(path)
     info_file = path / "store.json"
     if not info_file.exists():
-        raise ValueError(f"no run store at {path} (store.json missing)")
-    info = _read_json(info_file)
-    _check_version(path, info)
-    with np.load(path / "plan.npz", allow_pickle=False) as z:
-        plan = {k: z[k] for k in z.files}
+        if path.exists() and not os.access(path, os.R_OK | os.X_OK):
+            raise ValueError(f"permission denied reading the run store folder {path}")
+        raise ValueError(f"no run store at {path}: {info_file} is missing")
+    info = sio.read_json(info_file, what="run store description")
+    sio.check_format(info_file, info, name=FORMAT_NAME, version=FORMAT_VERSION, what="run store")
+    sio.check_keys(
+        info_file, info, required=list(_INFO_TYPES), types=_INFO_TYPES, what="store description"
+    )
+    sizes = {
+        "R": info["num_runs"],
+        "T": info["num_steps"],
+        "B": info["batch_size"],
+        "N": info["num_train"],
+        "M": info["num_test"],
+    }
+    plan = sio.read_npz(path / "plan.npz", _PLAN_SPECS, sizes, what="run plan")
+    batches = plan["batches"]
+    if batches.size and (batches.min() < -1 or batches.max() >= sizes["N"]):
+        raise ValueError(
+            f"{path / 'plan.npz'}: batches use ids outside the pool of {sizes['N']} examples; "
+            "the file is damaged"
+        )
+    plan["batches"] = batches.astype(np.int32)
+    plan["seeds"] = plan["seeds"].astype(np.int64)
     return RunStore(path, info, plan)
 
 
@@ -293,6 +421,9 @@ def create_store(
 ) -> RunStore:
     """Creates a store for R planned runs, or opens it if it already holds the same plan.
 
+    Concurrent calls (the processes of a multi-host job) are safe: one creates the store
+    under its lock, the others wait for it and open it.
+
     Args:
       path: the store directory.
       batches: ``int32[R, T, B]`` curricula.
@@ -304,27 +435,49 @@ def create_store(
 
     Raises:
       ValueError: if ``path`` holds a store with another plan, fingerprint or version.
+      StoreWriteError: if the store cannot be written (disk full, permissions).
     """
     path = Path(path)
     plan = _plan_arrays(batches, seeds, train_ids, test_ids, num_train, num_test)
-    if (path / "store.json").exists():
-        store = open_store(path)
-        same = store.batches.shape == plan["batches"].shape and all(
-            np.array_equal(getattr(store, k), plan[k])
-            for k in ("batches", "seeds", "train_ids", "test_ids")
-        )
-        if not same:
-            raise ValueError(
-                f"{path} already holds a run store with another plan (curricula, seeds or "
-                "ids differ); use a new directory"
-            )
-        store.check_fingerprint(fingerprint)
-        return store
     metadata = dict(metadata or {})
     try:
-        json.dumps(metadata)
-    except TypeError as err:
+        sio.json_bytes(metadata)
+    except ValueError as err:
         raise ValueError(f"store metadata must be JSON-serialisable: {err}") from None
+    deadline = time.monotonic() + CREATE_WAIT
+    while not (path / "store.json").exists():
+        with _storage_guard(path, "the run store folder", resume=False):
+            sio.make_dirs(path)
+        lock = FileLock(path / "LOCK", what=f"the run store {path}", doing="creating the store")
+        try:
+            with _storage_guard(path / "LOCK", "the lock file", resume=False):
+                lock.acquire(wait=False)
+        except StoreBusyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+            continue
+        try:
+            if not (path / "store.json").exists():
+                _write_new_store(path, plan, metadata, fingerprint, num_train, num_test)
+                return open_store(path)
+        finally:
+            lock.release()
+    store = open_store(path)
+    same = store.batches.shape == plan["batches"].shape and all(
+        np.array_equal(getattr(store, k), plan[k])
+        for k in ("batches", "seeds", "train_ids", "test_ids")
+    )
+    if not same:
+        raise ValueError(
+            f"{path} already holds a run store with another plan (curricula, seeds or "
+            "ids differ); use a new directory"
+        )
+    store.check_fingerprint(fingerprint)
+    return store
+
+
+def _write_new_store(path, plan, metadata, fingerprint, num_train, num_test) -> None:
     r, t, b = plan["batches"].shape
     info = {
         "format": FORMAT_NAME,
@@ -337,160 +490,226 @@ def create_store(
         "metadata": metadata,
         "fingerprint": fingerprint,
     }
-    try:
-        (path / "runs").mkdir(parents=True, exist_ok=True)
-        _atomic_npz(path / "plan.npz", plan)
-        _atomic_json(path / "store.json", info)
-    except OSError as err:
-        raise StoreWriteError(err.errno, f"could not create the run store {path}: {err}") from err
-    return RunStore(path, info, plan)
+    with _storage_guard(path, "the run store", resume=False):
+        sio.remove_stale(path)
+        sio.make_dirs(path / "runs")
+        sio.atomic_npz(path / "plan.npz", plan)
+        sio.atomic_json(path / "store.json", info)  # last: the store exists once this does
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 class RunWriter:
-    """Writes one run's directory; every method is safe to call again after a crash."""
+    """Writes one run's directory; every method is safe to call again after a crash.
 
-    def __init__(self, store: RunStore, run: int):
+    Made by :meth:`RunStore.writer`, which takes the run's lock; ``finish`` or ``close``
+    releases a lock the writer took itself.
+    """
+
+    def __init__(self, store: RunStore, run: int, *, lock: FileLock | None = None):
         self.store = store
         self.run = run
         self.dir = store.run_dir(run)
+        self._lock = lock
 
-    @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except OSError as err:
-            if isinstance(err, StoreWriteError):
-                raise
-            raise StoreWriteError(
-                err.errno,
-                f"could not write {what} of run {self.run} in {self.dir}: {err}. Runs already "
-                "complete are intact; free space and rerun to resume this one",
-            ) from err
+    def close(self) -> None:
+        """Releases the run's lock if this writer took it."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _guard(self, what: str, path: Path | None = None):
+        return _storage_guard(path or self.dir, f"{what} of run {self.run}")
 
     def begin(self, *, num_test: int, meta: dict, config_text: str = "") -> int:
-        """Prepares the directory; returns the rows already on disk (0 for a new run)."""
+        """Prepares the directory; returns the rows already on disk (0 for a new run).
+
+        Partial files of an earlier attempt that are damaged (so the run cannot resume from
+        them) are removed with a warning and the run starts again from step 0.
+        """
         rows = self.store.num_steps + 1
         losses_file = self.dir / "losses.npy"
         with self._guard("the run directory"):
-            self.dir.mkdir(parents=True, exist_ok=True)
-            if not (self.dir / "meta.json").exists():
-                _atomic_json(self.dir / "meta.json", meta)
-                _atomic_write(self.dir / "config.txt", config_text.encode())
-            if losses_file.exists():
-                mm = np.load(losses_file, mmap_mode="r", allow_pickle=False)
-                if mm.shape != (rows, num_test) or mm.dtype != np.float32:
-                    raise ValueError(
-                        f"{losses_file} has shape {mm.shape}, expected {(rows, num_test)}"
+            sio.make_dirs(self.dir)
+            sio.remove_stale(self.dir)
+            sio.remove_stale(self.dir / "checkpoints")
+            if (self.dir / "meta.json").exists():
+                try:
+                    self.store.run_meta(self.run)
+                    if losses_file.exists():
+                        sio.read_npy(
+                            losses_file,
+                            shape=(rows, num_test),
+                            dtype=np.float32,
+                            mmap_mode="r",
+                            what="losses file",
+                        )
+                        return self.store.rows_done(self.run)
+                except ValueError as err:
+                    warnings.warn(
+                        f"run {self.run} of {self.store.path} is redone from step 0: {err}",
+                        RuntimeWarning,
+                        stacklevel=2,
                     )
-                del mm
-                return self.store.rows_done(self.run)
-            tmp = self.dir / ".losses.npy.tmp"
+                    self.reset()
+            if not (self.dir / "meta.json").exists():
+                sio.atomic_write(self.dir / "config.txt", config_text)
+                sio.atomic_json(self.dir / "meta.json", meta)
+            tmp = sio.temp_sibling(losses_file)
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, num_test))
             mm[:] = np.nan
             mm.flush()
             del mm
             os.replace(tmp, losses_file)
-            _atomic_json(self.dir / "progress.json", {"rows": 0})
+            sio.atomic_json(self.dir / "progress.json", {"rows": 0})
         return 0
+
+    def reset(self) -> None:
+        """Removes the partial files of this (incomplete) run, checkpoints included."""
+        if self.store.is_complete(self.run):
+            raise ValueError(f"run {self.run} in {self.store.path} is complete; never reset")
+        with self._guard("the run directory"):
+            for entry in self.dir.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
 
     def write_rows(self, start: int, rows: np.ndarray) -> None:
         """Writes ``rows float32[k, M]`` at rows ``start .. start+k-1``, then records them."""
         rows = np.asarray(rows, np.float32)
-        with self._guard("loss rows"):
+        with self._guard("loss rows", self.dir / "losses.npy"):
             mm = np.load(self.dir / "losses.npy", mmap_mode="r+", allow_pickle=False)
             mm[start : start + len(rows)] = rows
             mm.flush()
             del mm
-            _atomic_json(self.dir / "progress.json", {"rows": start + len(rows)})
+            sio.atomic_json(self.dir / "progress.json", {"rows": start + len(rows)})
 
     def save_state(self, step: int, state) -> None:
         """Snapshots a train-state pytree (host arrays) taken after ``step`` updates."""
         leaves = jax.tree_util.tree_leaves(state)
         arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
         arrays["step"] = np.asarray(step, np.int64)
-        with self._guard("the resume snapshot"):
-            _atomic_npz(self.dir / "state.npz", arrays)
+        with self._guard("the resume snapshot", self.dir / "state.npz"):
+            sio.atomic_npz(self.dir / "state.npz", arrays)
 
     def load_state(self, template) -> tuple[int, Any] | None:
-        """The latest snapshot as ``(step, state)`` shaped like ``template``, or ``None``."""
+        """The latest snapshot as ``(step, state)`` shaped like ``template``, or ``None``.
+
+        Raises:
+          ValueError: naming ``state.npz`` if it is damaged or does not match ``template``.
+        """
         path = self.dir / "state.npz"
         if not path.exists():
             return None
         leaves, treedef = jax.tree_util.tree_flatten(template)
-        with np.load(path, allow_pickle=False) as z:
-            stored = [z[f"leaf_{i:05d}"] for i in range(len(z.files) - 1)]
-            step = int(z["step"])
-        if len(stored) != len(leaves) or any(
+        specs = {f"leaf_{i:05d}": sio.ArraySpec() for i in range(len(leaves))}
+        specs["step"] = sio.ArraySpec("iu", ())
+        z = sio.read_npz(path, specs, what="resume snapshot")
+        stored = [z[f"leaf_{i:05d}"] for i in range(len(leaves))]
+        step = int(z["step"])
+        if len(z) != len(leaves) + 1 or any(
             a.shape != np.shape(b) or a.dtype != np.asarray(b).dtype for a, b in zip(stored, leaves)
         ):
             raise ValueError(
-                f"the resume snapshot {path} does not match the train state of these settings"
+                f"{path}: the resume snapshot does not match the train state of these settings"
+            )
+        if not 0 < step < self.store.num_steps:
+            raise ValueError(
+                f"{path}: snapshot step {step} is outside 1..{self.store.num_steps - 1}"
             )
         return step, jax.tree_util.tree_unflatten(treedef, stored)
 
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.dir / "checkpoints" / f"step_{step:06d}"
+
     def save_checkpoint(self, step: int, trainable, learning_rate: float) -> None:
         """An orbax checkpoint of the trainable parameters after ``step`` updates, with the
-        learning rate of the next update (the rate TracIn-CP weighs this checkpoint by)."""
-        target = self.dir / "checkpoints" / f"step_{step:06d}"
-        if target.exists():
-            return  # written before a crash; the replay reproduces it bit for bit
+        learning rate of the next update (the rate TracIn-CP weighs this checkpoint by).
+
+        It is written under a temporary name, read back and compared with ``trainable``,
+        then renamed into place (:func:`simfluence_jax.checkpoints.save`). A folder already
+        there is kept if it holds this checkpoint (written before a crash; the replay
+        reproduces it bit for bit) and redone if not.
+        """
+        target = self.checkpoint_dir(step)
         tree = {
             "trainable": jax.device_get(trainable),
             "learning_rate": np.asarray(learning_rate, np.float32),
             "step": np.asarray(step, np.int32),
         }
-        with self._guard(f"the checkpoint of step {step}"):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _orbax_checkpointer().save(target.absolute(), args=_orbax_save_args(tree))
+        if target.exists() and ckpt.problem(target, expected=tree) is None:
+            return
+        with self._guard(f"the checkpoint of step {step}", target):
+            if target.exists():
+                ckpt.discard(target)
+            ckpt.save(target, tree)
 
-    def finish(self) -> None:
-        """Marks the run complete (after every row is on disk) and drops the snapshot."""
+    def finish(self, *, checkpoint_steps: Sequence[int] = ()) -> None:
+        """Marks the run complete and drops the snapshot, after checking that every row is
+        on disk and finite and that the checkpoints of ``checkpoint_steps`` are complete."""
         rows = self.store.rows_done(self.run)
         if rows != self.store.num_steps + 1:
             raise ValueError(f"run {self.run} has {rows} of {self.store.num_steps + 1} rows")
-        losses = np.load(self.dir / "losses.npy", allow_pickle=False)
+        losses = sio.read_npy(self.dir / "losses.npy", what="losses file")
         if not np.all(np.isfinite(losses)):
             bad = np.argwhere(~np.isfinite(losses))[0]
             raise ValueError(
                 f"run {self.run} has a non-finite loss at step {bad[0]}, test example "
                 f"{bad[1]}: training diverged (lower the learning rate)"
             )
-        with self._guard("the completion marker"):
-            _atomic_json(
+        for step in checkpoint_steps:
+            problem = ckpt.problem(self.checkpoint_dir(step))
+            if problem is not None:
+                raise ValueError(
+                    f"run {self.run} is not complete: checkpoint {self.checkpoint_dir(step)} "
+                    f"{problem}"
+                )
+        with self._guard("the completion marker", self.dir / "COMPLETE"):
+            sio.atomic_json(
                 self.dir / "COMPLETE", {"rows": rows, "sha256": _sha256(self.dir / "losses.npy")}
             )
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.dir / "state.npz")
+        self.close()
 
 
-def _orbax_checkpointer():
-    import orbax.checkpoint as ocp
-
-    # Each process writes its own runs, so checkpoints are process-local: no barrier with
-    # the other processes of a jax.distributed job.
-    mp = ocp.options.MultiprocessingOptions(
-        primary_host=jax.process_index(), active_processes={jax.process_index()}
-    )
-    handler = ocp.StandardCheckpointHandler(multiprocessing_options=mp)
-    return ocp.Checkpointer(handler, multiprocessing_options=mp)
+_CHECKPOINT_KEYS = {"trainable", "learning_rate", "step"}
 
 
-def _orbax_save_args(tree):
-    import orbax.checkpoint as ocp
+def checkpoint_problem(folder: Path, step: int | None = None) -> str | None:
+    """What is wrong with a run's checkpoint folder, or ``None``: with ``step``, it is read
+    back and must hold that step; else only its files are checked."""
+    if step is None:
+        return ckpt.problem(folder)
 
-    return ocp.args.StandardSave(tree)
+    def same_step(tree):
+        held = int(np.asarray(tree["step"]))
+        return None if held == step else f"holds step {held}, not {step}"
+
+    return ckpt.problem(folder, keys=_CHECKPOINT_KEYS, check=same_step)
 
 
 def checkpoint_steps(store: RunStore | str | Path, run: int) -> list[int]:
-    """Steps at which run ``run`` kept a checkpoint."""
+    """Steps at which run ``run`` kept a checkpoint (folders under a temporary name, left by
+    a killed save, are not counted)."""
     store = store if isinstance(store, RunStore) else open_store(store)
     folder = store.run_dir(run) / "checkpoints"
     if not folder.exists():
         return []
-    return sorted(int(p.name.split("_")[1]) for p in folder.glob("step_*") if p.is_dir())
+    steps = []
+    for p in folder.iterdir():
+        match = _STEP_DIR.match(p.name)
+        if match and p.is_dir():
+            steps.append(int(match.group(1)))
+    return sorted(steps)
 
 
 def load_checkpoint(store: RunStore | str | Path, run: int, step: int) -> dict:
@@ -498,13 +717,20 @@ def load_checkpoint(store: RunStore | str | Path, run: int, step: int) -> dict:
 
     ``trainable`` is the method's trainable pytree; combine it with the base parameters via
     the training method (e.g. ``method.reference_loss(model, params, trainable, batch)``).
+
+    Raises:
+      ValueError: if there is no such checkpoint, or naming the folder if it is incomplete
+        or damaged.
     """
     store = store if isinstance(store, RunStore) else open_store(store)
     target = store.run_dir(run) / "checkpoints" / f"step_{step:06d}"
     if not target.exists():
         have = checkpoint_steps(store, run)
         raise ValueError(f"run {run} kept no checkpoint at step {step}; it has steps {have}")
-    tree = _orbax_checkpointer().restore(target.absolute())
+    try:
+        tree = ckpt.restore(target, keys=_CHECKPOINT_KEYS)
+    except ValueError as err:
+        raise ValueError(f"{err}; the store is damaged (rerun the job to redo it)") from None
     return {
         "trainable": tree["trainable"],
         "learning_rate": float(tree["learning_rate"]),
@@ -524,6 +750,10 @@ def collect(store_dir: str | Path, *, require_all: bool = False):
       the store metadata plus ``runs`` (store indices), ``seeds``, ``learning_rates``
       (``[T]``, the schedule eta_1..eta_T of the first run) and ``git_revisions``; its
       ``learning_rates`` array holds every run's schedule, ``[R, T]``.
+
+    Raises:
+      ValueError: if no run (or, with ``require_all``, not every run) is complete, or naming
+        a damaged file.
     """
     from simfluence_jax.runs import RunSet
 
@@ -548,7 +778,7 @@ def collect(store_dir: str | Path, *, require_all: bool = False):
     )
     rates = [m.get("learning_rates") for m in metas]
     learning_rates = None
-    if all(r is not None and len(r) == store.batches.shape[1] for r in rates):
+    if all(r is not None for r in rates):
         learning_rates = np.asarray(rates, np.float32)
     return RunSet(
         batches=store.batches[done],
@@ -561,12 +791,17 @@ def collect(store_dir: str | Path, *, require_all: bool = False):
     )
 
 
-def remove_incomplete(store_dir: str | Path) -> list[int]:
-    """Deletes the directories of incomplete runs (to restart them from scratch)."""
+def remove_incomplete(store_dir: str | Path, *, wait: bool | float = False) -> list[int]:
+    """Deletes the directories of incomplete runs (to restart them from scratch), holding
+    the store's lock (``StoreBusyError`` if a writer is at work)."""
     store = open_store(store_dir)
-    removed = []
-    for r in range(store.num_runs):
-        if not store.is_complete(r) and store.run_dir(r).exists():
-            shutil.rmtree(store.run_dir(r))
-            removed.append(r)
-    return removed
+    lock = store.lock(wait=wait, doing="removing incomplete runs")
+    try:
+        removed = []
+        for r in range(store.num_runs):
+            if not store.is_complete(r) and store.run_dir(r).exists():
+                ckpt.discard(store.run_dir(r))
+                removed.append(r)
+        return removed
+    finally:
+        lock.release()

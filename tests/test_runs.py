@@ -118,7 +118,7 @@ def test_load_rejects_other_versions_and_truncation(tmp_path):
     path2 = rs.save(tmp_path / "runs2")
     data = (path2 / "arrays.npz").read_bytes()
     (path2 / "arrays.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="unreadable or truncated"):
+    with pytest.raises(ValueError, match="arrays.npz: the run set arrays file is truncated"):
         RunSet.load(path2)
     with pytest.raises(ValueError, match="not a directory"):
         RunSet.load(tmp_path / "nothing")

@@ -35,7 +35,6 @@ import io
 import json
 import math
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from simfluence_jax import evaluation, metrics
+from simfluence_jax.io import atomic_write, git_revision, split_revision
 from simfluence_jax.reports import plots
 from simfluence_jax.reports.counterfactual import Counterfactual
 from simfluence_jax.rollout import DIVERGENCE_FACTOR, diverged
@@ -134,43 +134,11 @@ def best_by_metric(
     return best
 
 
-# Environment -----------------------------------------------------------------------------
-def git_revision(path: str | os.PathLike | None = None) -> tuple[str, bool | None]:
-    """``(commit hash, working tree has uncommitted changes)`` of the repository holding
-    ``path`` (default: this package); ``("unknown", None)`` outside a git checkout."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-        status = subprocess.run(
-            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", None
-    return (head or "unknown"), bool(status.strip())
-
-
 # Writing -----------------------------------------------------------------------------------
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _save_figure(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _write_atomic(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _jsonable(x):
@@ -485,7 +453,7 @@ def write_report(
         written.append(COUNTERFACTUAL_PNG)
 
     # Data files ----------------------------------------------------------------------------
-    git_hash, dirty = git_revision()
+    git_hash, dirty = split_revision(git_revision())
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     sizes = {
         "R": R,
@@ -524,7 +492,7 @@ def write_report(
         "figures": written,
         "operative_config_file": CONFIG_FILE,
     }
-    _write_atomic(out / JSON_FILE, json.dumps(_jsonable(results), indent=1, allow_nan=False))
+    atomic_write(out / JSON_FILE, json.dumps(_jsonable(results), indent=1, allow_nan=False))
 
     metric_cols = [f"{k}_{s}" for k, _, _ in METRICS for s in ("mean", "std")]
     extra_cols = sorted(
@@ -537,8 +505,8 @@ def write_report(
         r = rows[n]
         w.writerow([n, group_of[n], r.get("diverged_fraction", "")]
                    + [r.get(c, "") for c in metric_cols + extra_cols])  # fmt: skip
-    _write_atomic(out / CSV_FILE, buf.getvalue())
-    _write_atomic(
+    atomic_write(out / CSV_FILE, buf.getvalue())
+    atomic_write(
         out / CONFIG_FILE,
         config_text
         if config_text.strip()
@@ -621,7 +589,7 @@ def write_report(
         f"simulator), `{CONFIG_FILE}`" + "".join(f", `{f}`" for f in written) + ".",
         "",
     ]
-    _write_atomic(out / REPORT_FILE, "\n".join(md))
+    atomic_write(out / REPORT_FILE, "\n".join(md))
     for stale in set(FIGURES) - set(written):
         (out / stale).unlink(missing_ok=True)
     return out

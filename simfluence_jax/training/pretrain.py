@@ -19,7 +19,8 @@ Learning with a Unified Text-to-Text Transformer"):
 
 The result is saved with orbax under ``<cache>/pretrain/t5-<hash>/`` where the hash covers
 every setting and the corpus text, so the same call returns the cached model at once;
-the folder is written under a temporary name and renamed when complete.
+the folder is written under a temporary name and swapped in when complete
+(``simfluence_jax.io.replace_directory``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simfluence_jax import io as sio
 from simfluence_jax.training.optim import make_optimizer
 
 PRETRAIN_FORMAT = 1
@@ -228,55 +229,53 @@ def pretrain_t5(
     spm_path = train_sentencepiece(texts, vocab_size=config.spm_vocab_size, cache_dir=root / "spm")
     params, model_config, losses = _train(config, texts, spm_path, progress=progress)
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".t5-{key}.", dir=root))
-    try:
+    config_dict = dataclasses.asdict(model_config)
+    config_dict["dtype"] = jnp.dtype(config_dict["dtype"]).name
+    from simfluence_jax import checkpoints
+
+    # A half-written folder from a killed run (no COMPLETE) is replaced atomically.
+    with sio.replace_directory(target) as tmp:
         shutil.copyfile(spm_path, tmp / "vocab.model")
         np.save(tmp / "losses.npy", losses)
-        config_dict = dataclasses.asdict(model_config)
-        config_dict["dtype"] = jnp.dtype(config_dict["dtype"]).name
-        (tmp / "settings.json").write_text(
-            json.dumps({**settings, "model_config": config_dict}, indent=1)
+        settings_text = json.dumps({**settings, "model_config": config_dict}, indent=1)
+        sio.write_files(tmp, {"settings.json": settings_text})
+        checkpoints.checkpointer().save(
+            (tmp / "params").absolute(), args=checkpoints.save_args(params)
         )
-        from simfluence_jax.store import _orbax_checkpointer, _orbax_save_args
-
-        _orbax_checkpointer().save((tmp / "params").absolute(), args=_orbax_save_args(params))
-        (tmp / "COMPLETE").write_text("ok\n")
-        if target.exists():  # a half-written folder from a killed run
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        sio.write_files(tmp, {"COMPLETE": "ok\n"})
     return load_pretrained(target)
 
 
 def load_pretrained(directory: str | Path) -> PretrainedT5:
     """Reads a folder written by :func:`pretrain_t5`."""
+    from simfluence_jax import checkpoints
     from simfluence_jax.models.t5 import T5Config
-    from simfluence_jax.store import _orbax_checkpointer
 
-    directory = Path(directory)
+    directory = sio.resolve_directory(directory)
     if not (directory / "COMPLETE").exists():
         raise ValueError(f"{directory} is not a complete pretrained T5 (COMPLETE missing)")
-    settings = json.loads((directory / "settings.json").read_text())
+    settings_file = directory / "settings.json"
+    settings = sio.read_json(
+        settings_file, what="pretraining settings", required=["format", "model_config"],
+        types={"model_config": dict},
+    )  # fmt: skip
     if settings.get("format") != PRETRAIN_FORMAT:
         raise ValueError(
-            f"{directory} has pretrain format {settings.get('format')}, expected {PRETRAIN_FORMAT}"
+            f"{settings_file}: pretrain format {settings.get('format')}, expected {PRETRAIN_FORMAT}"
         )
     fields = {f.name for f in dataclasses.fields(T5Config)}
     stored = {k: v for k, v in settings["model_config"].items() if k in fields}
     stored["dtype"] = getattr(jnp, stored.get("dtype", "float32"))
     stored["mlp_activations"] = tuple(stored.get("mlp_activations", ("gelu", "linear")))
     model_config = T5Config(**stored)
-    params = _orbax_checkpointer().restore((directory / "params").absolute())
+    params = checkpoints.restore(directory / "params")
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return PretrainedT5(
         directory=directory,
         config=model_config,
         params=params,
         vocab_path=directory / "vocab.model",
-        losses=np.load(directory / "losses.npy", allow_pickle=False),
+        losses=sio.read_npy(directory / "losses.npy", dtype=np.float32, what="pretraining losses"),
         settings=settings,
     )
 
