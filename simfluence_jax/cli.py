@@ -3,7 +3,8 @@
 Every subcommand takes ``--gin_file FILE`` (repeatable) and ``--gin.NAME=VALUE`` bindings,
 e.g. ``--gin.RunsConfig.num_runs=24``. The configurable names are ``RunsConfig``,
 ``FitConfig``, ``CounterfactualConfig`` and ``Experiment`` (output folder and title). The
-resolved (operative) config is written next to every output.
+resolved config (every binding, includes expanded) is written as ``operative_config.gin``
+next to the outputs of ``run``, ``generate``, ``fit`` and ``report``.
 
 Examples::
 
@@ -187,6 +188,9 @@ def _hint_name(hint) -> str:
 
 
 def operative_config() -> str:
+    """Every gin binding after parsing, includes expanded (``gin.config_str()``): the text
+    saved as ``operative_config.gin``. Unlike gin's own operative config it lists bindings
+    whether or not anything has used them yet."""
     return _gin().config_str()
 
 
@@ -195,6 +199,8 @@ def operative_config() -> str:
 
 
 def cmd_run(args) -> Path:
+    """``simfluence run``: makes (or reuses) the runs, fits, evaluates, retrains the
+    counterfactual and writes the report; prints the table. Returns the report folder."""
     from simfluence_jax.pipeline.experiment import run_experiment
 
     runs_cfg, fit_cfg, cf_cfg, exp = configs()
@@ -211,6 +217,9 @@ def cmd_run(args) -> Path:
 
 
 def cmd_generate(args) -> Path:
+    """``simfluence generate``: makes or resumes the runs in a run store under the output
+    folder. Returns the saved run set (``<out>/runset``), or, with ``--process_count > 1``,
+    the output folder (a last call without it collects and saves the run set)."""
     from simfluence_jax.pipeline.generate import generate_runs, store_name
 
     runs_cfg, _, _, exp = configs()
@@ -244,6 +253,10 @@ def _split(runs, fit_cfg):
 
 
 def cmd_fit(args) -> Path:
+    """``simfluence fit``: fits FitConfig's simulators on the fitting split of a saved run set,
+    except those that need more than runs (the gradient baselines need the model and
+    checkpoints, the featurized simulator embeddings), and saves each to ``<out>/<name>``.
+    Returns ``--out``."""
     from simfluence_jax.fitting import required_inputs
     from simfluence_jax.pipeline.experiment import fit_simulators
     from simfluence_jax.simulators.io import save_simulator
@@ -288,6 +301,8 @@ def _load_sims(folder):
 
 
 def cmd_evaluate(args) -> dict:
+    """``simfluence evaluate``: scores saved simulators on the held-out split. Returns the
+    table ``{simulator: {metric: value}}``, also printed and, with ``--out``, saved as JSON."""
     from simfluence_jax.evaluation import evaluate_all, format_table
 
     _, fit_cfg, _, _ = configs()
@@ -355,6 +370,9 @@ def _curriculum(args, runs):
 
 
 def cmd_simulate(args) -> np.ndarray:
+    """``simfluence simulate``: simulates a curriculum and its edited version from a logged
+    run's ``L_0``. Returns ``float32[2, T+1, M]``, the given and the edited trajectories (the
+    shorter curriculum padded with empty steps), also written as CSV with ``--out``."""
     from simfluence_jax import counterfactuals as cf
     from simfluence_jax.rollout import simulate
 
@@ -393,6 +411,8 @@ def cmd_simulate(args) -> np.ndarray:
 
 
 def cmd_import(args) -> Path:
+    """``simfluence import``: reads runs logged elsewhere and saves them as a run set.
+    Returns the saved folder."""
     from simfluence_jax.importers import read_gptfluence, read_long
 
     out = Path(args.out)
@@ -409,6 +429,9 @@ def cmd_import(args) -> Path:
 
 
 def cmd_report(args) -> Path:
+    """``simfluence report``: the report on a saved run set's held-out split, for saved
+    simulators or, without ``--simulators``, ones fitted now into ``<out>/simulators``.
+    Returns the report folder."""
     from simfluence_jax.evaluation import predict
     from simfluence_jax.fitting import simulator_group
     from simfluence_jax.reports import write_report
@@ -551,6 +574,8 @@ def _error_line(err: BaseException) -> str | None:
 
 
 def main(argv=None) -> int:
+    """Runs one ``simfluence`` subcommand. Returns the exit status: 0, or 1 after printing a
+    ``ValueError`` or ``OSError`` to stderr."""
     argv = list(sys.argv[1:] if argv is None else argv)
     bindings = [a[len("--gin.") :] for a in argv if a.startswith("--gin.")]
     rest = [a for a in argv if not a.startswith("--gin.")]

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from run_factory_worker import toy_factory, toy_plan
 
 from simfluence_jax.store import open_store
@@ -14,6 +15,7 @@ from simfluence_jax.training.distributed import free_port
 WORKER = Path(__file__).with_name("run_factory_worker.py")
 
 
+@pytest.mark.slow  # about 30 s: two worker processes start JAX, then the runs again in one
 def test_two_processes_equal_one_process(tmp_path):
     store_dir = tmp_path / "s"
     port = free_port()

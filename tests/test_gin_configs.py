@@ -1,4 +1,5 @@
-"""Every bundled .gin file parses, and the layered experiments resolve to valid configs."""
+"""Every bundled .gin file parses, and the layered experiments resolve to valid configs whose
+operative config is written out and reads back to the same configs."""
 
 from pathlib import Path
 
@@ -33,25 +34,27 @@ def test_every_gin_file_parses_and_opens_with_what_it_requires(path):
 
 
 @pytest.mark.parametrize("name", ["quickstart", "paper_protocol", "t5_tiny", "tiny_test"])
-def test_experiments_layer_models_runs_simulators(name):
+def test_experiments_layer_models_runs_simulators(name, tmp_path):
     bindings = ["Experiment.output_dir = '/tmp/x'"] if name == "tiny_test" else []
     cli.parse_gin([str(GIN_DIR / "experiments" / f"{name}.gin")], bindings)
-    runs, fit, _, exp = cli.configs()
+    runs, fit, counterfactual, exp = cli.configs()
     assert exp.output_dir
     if name == "paper_protocol":
-        # GPTfluence's runs (128 examples, batch 4, 96 steps; 25 fit / 2 validation), with
-        # 6 held-out runs instead of their 5.
-        assert (runs.num_runs, runs.subset_size, runs.batch_size, runs.num_steps) == (
-            33,
-            128,
-            4,
-            96,
-        )
+        # GPTfluence's protocol with 6 held-out runs rather than their 5 (33 runs in all).
+        shape = (runs.num_runs, runs.subset_size, runs.batch_size, runs.num_steps)
+        assert shape == (33, 128, 4, 96)
         assert (fit.num_fit, fit.num_val, fit.num_heldout) == (25, 2, 6)
     if name == "t5_tiny":
         assert runs.model == "t5" and runs.pretrain
     operative = cli.operative_config()
-    assert "RunsConfig" in operative or operative == ""
+    for binding in ("RunsConfig.", "FitConfig.simulators", "Experiment.output_dir"):
+        assert binding in operative, (binding, operative)
+    # The operative config saved next to every output reproduces the same configs.
+    saved = tmp_path / "operative_config.gin"
+    saved.write_text(operative)
+    cli.parse_gin([str(saved)], [])
+    again = cli.configs()
+    assert again[:3] == (runs, fit, counterfactual) and vars(again[3]) == vars(exp)
 
 
 def test_required_binding_is_reported():

@@ -126,7 +126,7 @@ def test_lissa_matches_within_its_written_bound(setup):
         assert err <= (bound + 1e-5) * np.linalg.norm(s["X"][j]), (j, err, bound)
     # Through the influence pipeline (HVPs of the model, sigma from power iteration): the
     # power iteration gives sigma ~ 1.1 mu_max, so the same depth gives a bound below 2e-2.
-    cfg = InfluenceConfig(solver="lissa", damping=DAMPING, lissa_depth=depth)
+    cfg = InfluenceConfig(solver="lissa", damping=DAMPING, depth=depth)
     scores, _ = influence_scores(s["lf"], s["params"], None, s["pool"], s["test"], config=cfg)
     assert rel(scores, s["scores"]) < 2e-2
 
@@ -240,3 +240,32 @@ def test_lanczos_low_rank_solver(setup):
     assert errors[P] < errors[40] < errors[10], errors
     with pytest.raises(ValueError, match="needs damping > 0"):
         InfluenceConfig(solver="lanczos", damping=0.0)
+
+
+def test_each_solver_has_its_own_config_behind_the_registry():
+    """The flat form a gin file gives dispatches on ``solver``; a field may carry the
+    solver's prefix; fields of another solver and unknown solvers are errors that list
+    what is known."""
+    from simfluence_jax.gradients import (
+        IHVP_SOLVERS,
+        CGConfig,
+        ExactConfig,
+        LanczosConfig,
+        LissaConfig,
+    )
+
+    assert IHVP_SOLVERS.names() == ["cg", "exact", "lanczos", "lissa"]
+    assert InfluenceConfig() == CGConfig()
+    cfg = InfluenceConfig(**{"solver": "lanczos", "lanczos_rank": 32, "damping": 0.01})
+    assert cfg == LanczosConfig(rank=32, damping=0.01) and cfg.solver == "lanczos"
+    assert InfluenceConfig(solver="cg", cg_max_iter=5, cg_tol=0.0) == CGConfig(max_iter=5, tol=0.0)
+    assert InfluenceConfig(solver="lissa", depth=3) == LissaConfig(depth=3)
+    assert InfluenceConfig(solver="exact", select="head") == ExactConfig(select="head")
+    with pytest.raises(TypeError, match=r"no field\(s\) \['cg_tol'\]; it has"):
+        InfluenceConfig(solver="exact", cg_tol=1e-3)
+    with pytest.raises(TypeError, match="repeats"):
+        InfluenceConfig(solver="lanczos", rank=3, lanczos_rank=4)
+    with pytest.raises(ValueError, match="known: cg, exact, lanczos, lissa"):
+        InfluenceConfig(solver="newton")
+    with pytest.raises(ValueError, match="damping must be >= 0"):
+        CGConfig(damping=-1.0)

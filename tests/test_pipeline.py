@@ -1,6 +1,7 @@
 """End to end through the CLI on a tiny configuration: real MiniLM runs, every simulator
 (fitted, controls, gradient baselines raw and calibrated), held-out metrics, a counterfactual
-retrained for real, and the report's files and numbers."""
+retrained for real, the report's files and numbers, and a second run that reuses the
+recorded runs."""
 
 import csv
 import json
@@ -10,9 +11,23 @@ from pathlib import Path
 import pytest
 
 from simfluence_jax import cli
+from simfluence_jax.gradients import BASELINES
 from simfluence_jax.pipeline import config as cfgs
+from simfluence_jax.store import open_store
 
 GIN = Path(__file__).resolve().parents[1] / "gin_configs" / "experiments" / "tiny_test.gin"
+
+
+def _store_files(out: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file of the run stores under ``out`` (the runs' and the counterfactual's):
+    ``{path: (inode, size, mtime_ns)}``. A run trained again rewrites its files (atomic
+    writes give new inodes), so an unchanged dict means no training step ran."""
+    return {
+        str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+        for store in out.glob("runs-*")
+        for p in store.rglob("*")
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
@@ -30,14 +45,14 @@ def test_cli_run_end_to_end(tmp_path, capsys):
     for name in ("report.md", "results.json", "results.csv", "operative_config.gin",
                  "trajectories.png", "per_step_error.png", "counterfactual.png"):  # fmt: skip
         assert (out / name).exists(), name
-    results = json.loads((out / "results.json").read_text())
-    rows = results["simulators"] if "simulators" in results else results["table"]
-    names = set(rows)
-    expected = set(cfgs.DEFAULT_SIMULATORS)
-    assert expected <= names, expected - names
+    cli.parse_gin([str(GIN)], [f"Experiment.output_dir='{out}'"])
+    _, fit_cfg, _, _ = cli.configs()
+    expected = set(fit_cfg.simulators)
+    assert expected & set(BASELINES) and any(n.endswith("_calibrated") for n in expected)
+    rows = json.loads((out / "results.json").read_text())["simulators"]
+    assert expected <= set(rows), expected - set(rows)
     for name in expected:
-        row = rows[name]
-        metrics = row.get("metrics", row)
+        metrics = rows[name]["metrics"]
         for key in ("mse_mean", "mae_mean", "final_spearman_mean", "change_spearman_mean"):
             assert metrics[key] is not None and math.isfinite(metrics[key]), (name, key)
     with open(out / "results.csv") as f:
@@ -47,10 +62,20 @@ def test_cli_run_end_to_end(tmp_path, capsys):
         assert name in report
     assert "control" in report and "gradient baseline (calibrated)" in report
     assert "RunsConfig.num_runs = 8" in (out / "operative_config.gin").read_text()
-    # A second run reuses the recorded runs instead of training again.
+    # Every planned run (fitting and counterfactual) is complete in its store.
+    stores = sorted(out.glob("runs-*"))
+    assert len(stores) == 2, stores
+    for path in stores:
+        store = open_store(path)
+        assert store.complete_runs() == list(range(store.num_runs)), path
+    recorded = _store_files(out)
+    assert recorded
+
+    # A second run reuses the recorded runs: no store file is written again or added.
     rc = cli.main(["run", "--gin_file", str(GIN), f"--gin.Experiment.output_dir='{out}'",
                    "--no_progress"])  # fmt: skip
-    assert rc == 0
+    assert rc == 0, capsys.readouterr().err
+    assert _store_files(out) == recorded
 
 
 def test_t5_task_arrays_through_seqio_equal_direct_tokenization():

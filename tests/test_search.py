@@ -112,7 +112,9 @@ def test_search_with_featurized_simulators_and_errors(setup):
         )
     with pytest.raises(ValueError, match="must index"):
         search.greedy_search(s["sim"], s["L0"], [99], **kw)
-    with pytest.raises(ValueError, match="unknown search method"):
+    with pytest.raises(
+        ValueError, match="unknown search method 'annealing'; known: gradient, greedy"
+    ):
         search.search_all({"s": s["sim"]}, s["L0"], [0], **kw, methods=("annealing",))
 
 

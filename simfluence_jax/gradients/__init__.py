@@ -13,8 +13,10 @@ Modules:
 * ``per_example``: ``vmap``-of-``grad`` per-example gradients for any protocol model or
   training method, chunked, restricted to a parameter subset, optionally projected;
 * ``tracin``: checkpoints, TracIn-CP (summed and per-step) and Grad-Dot dot products;
-* ``influence``: damped inverse-Hessian-vector products (CG, LiSSA, exact, low-rank
-  Lanczos) and influence scores;
+* ``ihvp``: damped inverse-Hessian-vector solvers, one per module (CG, LiSSA, exact,
+  low-rank Lanczos), each with its own config, in the registry ``IHVP_SOLVERS``;
+* ``influence``: influence scores through a registered solver, and ``InfluenceConfig``
+  (a solver's config from the flat dict a config file gives);
 * ``context``: ``GradientContext`` (computes and caches scores) and
   ``PrecomputedGradients`` (the scores as arrays);
 * ``baselines``: the scores as additive simulators, raw and calibrated.
@@ -37,19 +39,25 @@ from simfluence_jax.gradients.context import (
     GradientSource,
     PrecomputedGradients,
 )
-from simfluence_jax.gradients.influence import (
-    InfluenceConfig,
+from simfluence_jax.gradients.ihvp import (
+    IHVP_SOLVERS,
+    CGConfig,
+    ExactConfig,
+    LanczosConfig,
+    LissaConfig,
     SolveInfo,
+    SolverConfig,
     explicit_matrix,
-    influence_scores,
-    inverse_hvp,
-    lanczos,
+    lissa_stochastic,
     mean_loss_hvp,
     solve_cg,
     solve_exact,
     solve_lissa,
     solve_lowrank,
+    top_eigenvalue,
 )
+from simfluence_jax.gradients.ihvp.lanczos import lanczos
+from simfluence_jax.gradients.influence import InfluenceConfig, influence_scores, inverse_hvp
 from simfluence_jax.gradients.per_example import (
     Projection,
     dots_with,
@@ -70,13 +78,19 @@ from simfluence_jax.gradients.tracin import (
 
 __all__ = [
     "BASELINES",
+    "CGConfig",
     "Checkpoint",
+    "ExactConfig",
     "GradientContext",
     "GradientSource",
+    "IHVP_SOLVERS",
     "InfluenceConfig",
+    "LanczosConfig",
+    "LissaConfig",
     "PrecomputedGradients",
     "Projection",
     "SolveInfo",
+    "SolverConfig",
     "calibrate",
     "calibration_scale",
     "checkpoint_dots",
@@ -87,6 +101,7 @@ __all__ = [
     "influence_scores",
     "inverse_hvp",
     "lanczos",
+    "lissa_stochastic",
     "load_checkpoints",
     "make_simulator",
     "mean_loss_hvp",
@@ -101,5 +116,6 @@ __all__ = [
     "solve_exact",
     "solve_lissa",
     "solve_lowrank",
+    "top_eigenvalue",
     "tracin_cp",
 ]

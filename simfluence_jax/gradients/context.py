@@ -24,7 +24,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from simfluence_jax.gradients.influence import InfluenceConfig, SolveInfo, influence_scores
+from simfluence_jax.gradients.influence import (
+    InfluenceConfig,
+    SolveInfo,
+    SolverConfig,
+    influence_scores,
+)
 from simfluence_jax.gradients.per_example import LossFn, Projection, Select, method_loss
 from simfluence_jax.gradients.tracin import Checkpoint, checkpoint_dots, group_by_step, make_dots_fn
 
@@ -70,8 +75,9 @@ class GradientContext:
       projection: optional random projection of the TracIn / Grad-Dot gradients: a
         ``Projection``, an ``int`` (Gaussian of that dimension) or a dict of ``Projection``
         fields (``{"dim": 1024, "kind": "countsketch"}``, as a config file would give it).
-      influence: an ``InfluenceConfig`` or a dict of its fields (``{"solver": "exact",
-        "damping": 0.01, "select": "head/"}``); default ``InfluenceConfig()``.
+      influence: a solver's config (``gradients.ihvp``: ``CGConfig``, ``ExactConfig``, ...)
+        or a dict for ``InfluenceConfig`` (``{"solver": "exact", "damping": 0.01,
+        "select": "head/"}``); default ``InfluenceConfig()`` (CG).
       hessian_inputs: examples defining the Hessian (default: the pool).
     """
 
@@ -88,7 +94,7 @@ class GradientContext:
         select: Select = None,
         chunk_size: int | None = 32,
         projection: Projection | int | Mapping | None = None,
-        influence: InfluenceConfig | Mapping | None = None,
+        influence: SolverConfig | Mapping | None = None,
         hessian_inputs: Any | None = None,
     ):
         if isinstance(projection, int):
