@@ -15,7 +15,7 @@ ALL_GIN = sorted(GIN_DIR.rglob("*.gin"))
 
 def test_there_are_gin_files_in_every_layer():
     layers = {p.parent.name for p in ALL_GIN}
-    assert layers == {"models", "runs", "simulators", "experiments"}
+    assert layers == {"models", "runs", "simulators", "experiments", "optimizers", "tasks"}
 
 
 @pytest.mark.parametrize("path", ALL_GIN, ids=lambda p: str(p.relative_to(GIN_DIR)))

@@ -330,3 +330,27 @@ def test_factory_trains_vocab(tmp_path, monkeypatch):
     assert default._vocab.get_piece_size() == 128
     arrays = default.example_arrays(TEXTS, TARGETS)
     assert (arrays["decoder_target_tokens"][:, 0] > 2).all()  # targets are not <unk>
+
+
+# ----------------------------------------------------------------------------- loss options
+
+
+def test_loss_normalization_sum_is_t5x_and_mean_is_per_token(tiny, vocab_path):
+    model, params = tiny
+    batch = _random_batch(jax.random.PRNGKey(10))
+    summed = jax.jit(model.per_example_loss)(params, batch)
+    assert model.loss_normalization == "sum"
+    per_token = T5Model(model.config, input_length=12, target_length=6, loss_normalization="mean")
+    mean = jax.jit(per_token.per_example_loss)(params, batch)
+    tokens = batch["decoder_loss_weights"].sum(-1)
+    assert len(set(tokens.tolist())) > 1  # rows of different target lengths
+    np.testing.assert_allclose(mean, summed / tokens, rtol=1e-6)
+    # the default keeps the repr (run stores fingerprint it); the option shows in it
+    assert "loss_normalization" not in repr(model)
+    assert "loss_normalization='mean'" in repr(per_token)
+    factory = MODELS.get("t5")(
+        size="tiny", loss_normalization="mean", vocab_path=vocab_path, **MICRO
+    )
+    assert factory.loss_normalization == "mean"
+    with pytest.raises(ValueError, match="loss_normalization must be one of"):
+        T5Model(model.config, loss_normalization="token")

@@ -213,3 +213,161 @@ def test_file_tasks_by_name_for_gin_and_the_cli(tmp_path):
     assert task.train_targets[0] == "no"
     with pytest.raises(ValueError, match="path="):
         get_task("tsv")
+
+
+# ----------------------------------------------------------------------------- word tasks
+
+WORD_TASKS = {
+    # name: (number of labels, label names a few of which are checked)
+    "analogy": (23, ("Greece", "Iraq")),
+    "analogy_relation": (13, ("capital", "plural", "verb")),
+    "similarity": (2, ("dissimilar", "similar")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WORD_TASKS))
+def test_word_tasks_load_from_the_wheel_with_documented_sizes(name):
+    task = tasks.get_task(name)
+    num_labels, some = WORD_TASKS[name]
+    assert (task.num_train, task.num_test, task.num_warmup) == (150, 50, 600)
+    assert len(task.label_names) == num_labels and set(some) <= set(task.label_names)
+    # disjoint splits (line numbers of one file)
+    train, test, warm = set(task.train_lines), set(task.test_lines), set(task.warmup_lines)
+    assert len(train) == 150 and len(test) == 50 and len(warm) == 600
+    assert not train & test and not warm & (train | test)
+    # balanced over the labels: every label gets n // k or n // k + 1
+    for targets, n in ((task.train_targets, 150), (task.test_targets, 50)):
+        counts = np.bincount(task._labels(targets), minlength=num_labels)
+        assert counts.min() >= n // num_labels and counts.max() <= -(-n // num_labels)
+    assert tasks.get_task(name) == task  # deterministic
+    assert tasks.get_task(name, seed=1).test_lines != task.test_lines
+    if name == "analogy":
+        assert task.train_texts[0].endswith(" is to") and task.train_texts[0].count(" is to ") == 1
+        lines = gensim_text.read_analogies()
+        by_line = {q.line: q for q in lines}
+        q = by_line[task.test_lines[0]]
+        assert task.test_texts[0] == f"{q.a} is to {q.b} as {q.c} is to"
+        assert task.test_targets[0] == q.d and q.group == "capital-common-countries"
+        pool_words = {w for line in train | test for w in vars(by_line[line]).values()}
+        for line in warm:  # warm-up inputs share no word with the pool group
+            assert by_line[line].group == "capital-world"
+            assert not {by_line[line].a, by_line[line].b, by_line[line].c} & pool_words
+        assert set(task.warmup_targets) <= set(task.label_names)  # random answers
+        own = tasks.get_task(name, warmup_answers="own")
+        assert own.warmup_texts == task.warmup_texts
+        assert not set(own.warmup_targets) & set(task.label_names)
+    if name == "analogy_relation":
+        assert task.train_texts[0].count(" is to ") == 2
+    if name == "similarity":
+        pairs = {p.line: p for p in gensim_text.read_word_pairs("simlex999")}
+        median = np.median([p.score for p in pairs.values()])
+        for line, target in zip(task.train_lines, task.train_targets, strict=True):
+            assert (pairs[line].score > median) == (target == "similar")
+        first = pairs[task.test_lines[0]]
+        assert task.test_texts[0] == f"{first.word1} and {first.word2}"
+
+
+def test_word_task_options():
+    small = tasks.get_task("similarity", num_train=30, num_test=10, num_warmup=0)
+    assert (small.num_train, small.num_test, small.num_warmup) == (30, 10, 0)
+    # the test set does not depend on the pool or warm-up sizes
+    assert small.test_lines == tasks.get_task("similarity", num_test=10).test_lines
+    three = tasks.get_task("similarity", num_bins=3)
+    assert three.label_names == ("low", "medium", "high")
+    assert np.bincount(three.train_labels).tolist() == [50, 50, 50]
+    ws = tasks.get_task("similarity", source="wordsim353", num_warmup=100)
+    assert ws.num_train == 150 and "wordsim353" in ws.description
+    both = tasks.get_task("similarity", source="both")
+    assert "simlex999+wordsim353" in both.description
+    with pytest.raises(ValueError, match="class 'similar' has 171 examples but .* need 175"):
+        tasks.get_task("similarity", source="wordsim353", num_train=300, num_warmup=0)
+    with pytest.raises(ValueError, match="unknown word-similarity source 'men'"):
+        tasks.get_task("similarity", source="men")
+    with pytest.raises(ValueError, match="num_bins must be one of"):
+        tasks.get_task("similarity", num_bins=4)
+    with pytest.raises(ValueError, match="'family-tree' is not in the file"):
+        tasks.get_task("analogy", group="family-tree")
+    with pytest.raises(ValueError, match="warmup_group must differ"):
+        tasks.get_task("analogy", warmup_group="capital-common-countries")
+    with pytest.raises(ValueError, match="warmup_answers must be"):
+        tasks.get_task("analogy", warmup_answers="true")
+    family = tasks.get_task("analogy", group="family", warmup_group="gram8-plural", num_warmup=50)
+    assert "sister" in family.label_names
+    with pytest.raises(ValueError, match="num_train >= 1"):
+        tasks.get_task("analogy_relation", num_train=0)
+
+
+def test_polarity_warmup_split_comes_out_of_the_pool(polarity):
+    warm = tasks.get_task("polarity", num_warmup=20)
+    assert (warm.num_train, warm.num_test, warm.num_warmup) == (130, 50, 20)
+    assert set(warm.test_lines) == set(polarity.test_lines)  # the same sentences
+    assert np.bincount(warm._labels(warm.warmup_targets)).tolist() == [10, 10]
+    assert not set(warm.warmup_lines) & (set(warm.train_lines) | set(warm.test_lines))
+    assert set(warm.warmup_lines) | set(warm.train_lines) == set(polarity.train_lines)
+    assert polarity.num_warmup == 0
+    with pytest.raises(ValueError, match="num_warmup must be even"):
+        tasks.get_task("polarity", num_warmup=3)
+
+
+def test_task_warmup_validation():
+    with pytest.raises(ValueError, match="2 warm-up texts but 1 targets"):
+        tasks.Task("t", ("a",), ("x",), warmup_texts=("b", "c"), warmup_targets=("y",))
+    with pytest.raises(ValueError, match="warm-up texts need targets"):
+        tasks.Task("t", ("a",), ("x",), warmup_texts=("b",))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("analogy", {}), ("analogy_relation", {}), ("similarity", {})],
+)
+def test_word_tasks_name_a_missing_file(tmp_path, name, kwargs):
+    missing = tmp_path / "nowhere.txt"
+    with pytest.raises(ValueError, match=r"nowhere\.txt does not exist"):
+        tasks.get_task(name, path=missing, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", r"bad\.txt holds no analogies"),
+        (": capital\nAthens Greece Rome\n", r"bad\.txt:2: expected four words"),
+        ("Athens Greece Rome Italy\n", r"bad\.txt:1: analogy before the first"),
+        (":\nAthens Greece Rome Italy\n", r"bad\.txt:1: group header without a name"),
+    ],
+)
+def test_analogy_file_errors(tmp_path, content, message):
+    path = tmp_path / "bad.txt"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        tasks.get_task("analogy_relation", path=path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("# header only\n", r"bad\.tsv holds no word pairs"),
+        ("# c\nold\tnew\n", r"bad\.tsv:2: expected 'word1<TAB>word2<TAB>score'"),
+        ("old new 1.5\n", r"bad\.tsv:1: expected"),
+        ("old\tnew\thigh\n", r"bad\.tsv:1: score 'high' is not a number"),
+        ("old\tnew\t11.0\n", r"bad\.tsv:1: score 11.0 is outside \[0, 10\]"),
+        ("old\tnew\tnan\n", r"bad\.tsv:1: score nan is outside"),
+    ],
+)
+def test_word_pair_file_errors(tmp_path, content, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        tasks.get_task("similarity", path=path)
+
+
+def test_word_files_are_read_as_documented():
+    lines = gensim_text.read_analogies()
+    assert len(lines) == 19544 and len({q.group for q in lines}) == 14
+    assert lines[0] == gensim_text.Analogy(2, "capital-common-countries", "Athens", "Greece",
+                                           "Baghdad", "Iraq")  # fmt: skip
+    simlex = gensim_text.read_word_pairs("simlex999")
+    wordsim = gensim_text.read_word_pairs("wordsim353")
+    assert len(simlex) == 999 and len(wordsim) == 353
+    assert simlex[0] == gensim_text.WordPair(3, "old", "new", 1.58)
+    path = gensim_text.gensim_data_dir() / gensim_text.ANALOGY_FILE
+    assert not path.read_bytes().startswith(b"\x80")  # plain text, not a pickle

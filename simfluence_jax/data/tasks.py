@@ -10,8 +10,17 @@ Built-in tasks (``get_task(name, **kw)``):
 
 * ``polarity``: the 200 sentences of gensim's ``pang_lee_polarity.cor`` split into a pool of
   150 and a test set of 50, both balanced (75/75 and 25/25); see :func:`polarity`;
+* ``analogy``, ``analogy_relation`` and ``similarity``: word tasks built from the analogy
+  questions and the rated word pairs of the same wheel (pool 150, test 50 and a format
+  warm-up split of 600 by default); see :mod:`simfluence_jax.data.word_tasks`;
 * ``lee_pretrain``: the 300 news documents of ``lee_background.cor``, an unlabelled corpus
   (no targets, no test set) for pretraining and for fitting a vocabulary.
+
+A task may also hold a *format warm-up* split (``warmup_texts``/``warmup_targets``),
+disjoint from the pool and the test set: a T5 model is fine-tuned on it for a few hundred
+steps before any run is logged (``training.format_warmup``), so that the runs measure
+learning the task rather than learning to emit the target words. Its targets need not be
+among ``label_names``.
 
 User tasks come from JSONL or TSV files (:mod:`simfluence_jax.data.task_files`) through
 :func:`register_jsonl_task` / :func:`register_tsv_task`.
@@ -36,9 +45,10 @@ TASKS: Registry[Callable[..., Task]] = Registry("task")
 class Task:
     """A training pool and test examples (see module docstring).
 
-    ``train_lines``/``test_lines`` are 1-based line numbers of each example in its source
-    file (empty when not meaningful). A corpus (``lee_pretrain``) has texts only: its
-    targets and test set are empty.
+    ``train_lines``/``test_lines``/``warmup_lines`` are 1-based line numbers of each example
+    in its source file (empty when not meaningful). A corpus (``lee_pretrain``) has texts
+    only: its targets and test set are empty. ``warmup_texts``/``warmup_targets`` are the
+    optional format warm-up split (see module docstring).
     """
 
     name: str
@@ -50,6 +60,9 @@ class Task:
     train_lines: tuple[int, ...] = ()
     test_lines: tuple[int, ...] = ()
     description: str = ""
+    warmup_texts: tuple[str, ...] = ()
+    warmup_targets: tuple[str, ...] = ()
+    warmup_lines: tuple[int, ...] = ()
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -60,6 +73,7 @@ class Task:
             raise ValueError(f"task {self.name!r} has no training texts")
         pairs = [("train", self.train_texts, self.train_targets)]
         pairs.append(("test", self.test_texts, self.test_targets))
+        pairs.append(("warm-up", self.warmup_texts, self.warmup_targets))
         for split, texts, targets in pairs:
             if targets and len(targets) != len(texts):
                 raise ValueError(
@@ -67,6 +81,8 @@ class Task:
                 )
         if self.test_texts and not self.test_targets:
             raise ValueError(f"task {self.name!r}: test texts need targets")
+        if self.warmup_texts and not self.warmup_targets:
+            raise ValueError(f"task {self.name!r}: warm-up texts need targets")
         if self.label_names:
             known = set(self.label_names)
             stray = sorted({t for t in self.train_targets + self.test_targets if t not in known})
@@ -88,6 +104,10 @@ class Task:
     @property
     def num_test(self) -> int:
         return len(self.test_texts)
+
+    @property
+    def num_warmup(self) -> int:
+        return len(self.warmup_texts)
 
     def _labels(self, targets: tuple[str, ...]) -> np.ndarray:
         if not self.label_names:
@@ -116,7 +136,12 @@ def get_task(name: str, **kwargs: Any) -> Task:
 
 @TASKS.register("polarity")
 def polarity(
-    *, num_test: int = 50, seed: int = 0, path: str | Path | None = None, encoding: str = "latin-1"
+    *,
+    num_test: int = 50,
+    num_warmup: int = 0,
+    seed: int = 0,
+    path: str | Path | None = None,
+    encoding: str = "latin-1",
 ) -> Task:
     """Sentence polarity (Pang & Lee, 2005): 200 movie-review sentences, 100 per class.
 
@@ -127,6 +152,11 @@ def polarity(
     ``rng`` so classes are interleaved. The defaults give the project's fixed split: a pool of
     150 (75 per class) and 50 test sentences (25 per class). Targets are
     ``"negative"``/``"positive"``, label ids 0/1.
+
+    ``num_warmup`` (even, default 0) sentences, half per class, are taken out of the pool
+    for a format warm-up split (the first ones of each class after the test sentences), so
+    the pool shrinks to ``200 - num_test - num_warmup``; the test set holds the same
+    sentences (in another order).
     """
     texts, targets = gensim_text.read_polarity(path, encoding=encoding)
     names = ("negative", "positive")
@@ -137,14 +167,23 @@ def polarity(
             f"num_test must be even and in (0, {2 * smallest}) so both sets stay balanced "
             f"and non-empty, got {num_test}"
         )
+    if num_warmup % 2 or not 0 <= num_warmup < 2 * smallest - num_test:
+        raise ValueError(
+            f"num_warmup must be even and in [0, {2 * smallest - num_test}) so the pool keeps "
+            f"sentences of both classes, got {num_warmup}"
+        )
     rng = np.random.default_rng(seed)
-    test_ids, train_ids = [], []
+    test_ids, train_ids, warmup_ids = [], [], []
     for ids in by_class:
         perm = [ids[j] for j in rng.permutation(len(ids))]
+        cut = num_test // 2 + num_warmup // 2
         test_ids += perm[: num_test // 2]
-        train_ids += perm[num_test // 2 :]
+        warmup_ids += perm[num_test // 2 : cut]
+        train_ids += perm[cut:]
     train_ids = [train_ids[j] for j in rng.permutation(len(train_ids))]
     test_ids = [test_ids[j] for j in rng.permutation(len(test_ids))]
+    if warmup_ids:  # drawn last, so the default split is unchanged
+        warmup_ids = [warmup_ids[j] for j in rng.permutation(len(warmup_ids))]
     return Task(
         name="polarity",
         train_texts=tuple(texts[i] for i in train_ids),
@@ -155,6 +194,9 @@ def polarity(
         train_lines=tuple(i + 1 for i in train_ids),
         test_lines=tuple(i + 1 for i in test_ids),
         description=f"gensim pang_lee_polarity.cor, seed {seed}, {num_test} test sentences",
+        warmup_texts=tuple(texts[i] for i in warmup_ids),
+        warmup_targets=tuple(targets[i] for i in warmup_ids),
+        warmup_lines=tuple(i + 1 for i in warmup_ids),
     )
 
 
@@ -297,3 +339,7 @@ def tsv_file(**kwargs: Any) -> Task:
     """Like :func:`jsonl_file`, for a TSV file with a header row."""
     name = kwargs.pop("name", "tsv")
     return load_task_file(name, format="tsv", **kwargs)
+
+
+# The word tasks register themselves in TASKS; imported last because they build on Task.
+from simfluence_jax.data import word_tasks  # noqa: E402, F401

@@ -7,6 +7,9 @@ Per-example loss (T5X's ``EncoderDecoderModel.score_batch`` negated, Raffel et a
 with logits ``z``, targets ``y = decoder_target_tokens`` and weights
 ``w = decoder_loss_weights``. The score has no z-loss; ``z_loss > 0`` gives T5X's per-example
 *training* loss (``sum_t w * (CE + z_loss * logZ**2)``, not normalised by token count).
+This per-example sum is the default (``loss_normalization="sum"``), the loss T5X reports per
+example; ``loss_normalization="mean"`` divides it by the example's target token count
+``sum_t w_bt`` (EOS included), the per-token mean.
 
 ``example_arrays`` follows seqio's ``EncDecFeatureConverter(pack=False)`` with a T5
 SentencePiece vocabulary: each text is tokenized, trimmed to ``length - 1`` pieces, given
@@ -31,6 +34,9 @@ from simfluence_jax.data.vocab import EOS_ID, PAD_ID, load_sentencepiece, train_
 from simfluence_jax.models.registry import MODELS
 from simfluence_jax.models.t5 import T5Config, T5Transformer, replace_config, t5_config
 from simfluence_jax.models.t5x_checkpoint import check_params, load_t5x_checkpoint
+
+LOSS_NORMALIZATIONS = ("sum", "mean")
+"""``sum``: sum of target-token cross-entropies (T5X's per-example score); ``mean``: per token."""
 
 BATCH_KEYS = (
     "encoder_input_tokens",
@@ -104,6 +110,7 @@ class T5Model:
       input_length, target_length: encoder and decoder lengths (seqio's feature lengths).
       params: pretrained parameters (e.g. ``load_t5x_checkpoint(...).params``); when given,
         ``init`` returns them instead of a random draw.
+      loss_normalization: ``"sum"`` (default) or ``"mean"``, see the module docstring.
 
     Attributes: ``name`` ("t5"), ``config``, ``module`` (the Flax ``T5Transformer``),
     ``prompt_dim`` (``config.emb_dim``).
@@ -119,11 +126,18 @@ class T5Model:
         input_length: int = 64,
         target_length: int = 16,
         params: Any = None,
+        loss_normalization: str = "sum",
     ):
         if input_length < 1 or target_length < 1:
             raise ValueError(
                 f"input_length and target_length must be >= 1, got {input_length}, {target_length}"
             )
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got "
+                f"{loss_normalization!r}"
+            )
+        self.loss_normalization = loss_normalization
         self.config = config
         self.module = T5Transformer(config)
         self.input_length = int(input_length)
@@ -146,9 +160,13 @@ class T5Model:
     def __repr__(self) -> str:
         # Deterministic: run stores fingerprint their settings with it (parameters are
         # fingerprinted separately).
+        # The default normalization is left out so stores written before it existed still match.
+        extra = ""
+        if self.loss_normalization != "sum":
+            extra = f", loss_normalization={self.loss_normalization!r}"
         return (
             f"T5Model(config={self.config!r}, vocab_path={str(self.vocab_path)!r}, "
-            f"input_length={self.input_length}, target_length={self.target_length})"
+            f"input_length={self.input_length}, target_length={self.target_length}{extra})"
         )
 
     # ------------------------------------------------------------------ parameters
@@ -198,16 +216,19 @@ class T5Model:
         prompt: jax.Array | None = None,
         z_loss: float = 0.0,
     ) -> jax.Array:
-        """``float32[B]``: ``-score`` of each example (see module docstring)."""
+        """``float32[B]``: ``-score`` of each example, summed over its target tokens or, with
+        ``loss_normalization="mean"``, averaged over them (see module docstring)."""
         if "decoder_loss_weights" not in batch:
             raise ValueError(f"batch lacks 'decoder_loss_weights'; it has {sorted(batch)}")
         logits = self.logits(params, batch, rng=rng, prompt=prompt)
-        return per_example_cross_entropy(
-            logits,
-            batch["decoder_target_tokens"],
-            batch["decoder_loss_weights"],
-            z_loss=z_loss,
+        weights = batch["decoder_loss_weights"]
+        losses = per_example_cross_entropy(
+            logits, batch["decoder_target_tokens"], weights, z_loss=z_loss
         )
+        if self.loss_normalization == "mean":
+            tokens = jnp.sum(jnp.asarray(weights, jnp.float32), axis=-1)
+            losses = losses / jnp.maximum(tokens, 1.0)
+        return losses
 
     # ------------------------------------------------------------------ data
 
@@ -256,6 +277,7 @@ def make_t5_model(
     checkpoint: str | Path | None = None,
     input_length: int = 64,
     target_length: int = 16,
+    loss_normalization: str = "sum",
     **config_overrides: Any,
 ) -> T5Model:
     """Builds a ``T5Model`` by size name and/or from a T5X checkpoint.
@@ -270,6 +292,8 @@ def make_t5_model(
     in ``vocab_cache_dir``) on ``vocab_texts``, or on ``bundled_vocab_texts()`` when those are
     not given either, with ``vocab_pieces`` pieces (default: the smaller of the model's
     embedding rows and ``DEFAULT_VOCAB_PIECES``).
+
+    ``loss_normalization``: ``"sum"`` (T5X's per-example loss) or ``"mean"`` (per token).
     """
     if checkpoint is None:
         config = t5_config(size or "tiny", **config_overrides)
@@ -296,4 +320,5 @@ def make_t5_model(
         input_length=input_length,
         target_length=target_length,
         params=params,
+        loss_normalization=loss_normalization,
     )

@@ -29,6 +29,11 @@ class RunsConfig:
       task, task_kwargs: a name in ``simfluence_jax.data.tasks.TASKS`` and its options.
       model, model_kwargs: a name in ``simfluence_jax.models.MODELS`` and its options.
       pretrain: for T5, start from the cached span-corruption pretraining stage.
+      format_warmup_steps: for a pretrained T5, fine-tune it this many steps on the task's
+        warm-up split first (cached; ``training.format_warmup``), so every logged run starts
+        from the warmed-up model; 0 (default) skips the stage.
+      format_warmup_kwargs: other ``FormatWarmupConfig`` settings (``batch_size``,
+        ``optimizer``, ``learning_rate``, ``seed``).
       method, method_kwargs: a training method (``full``, ``prompt``, ``lora``,
         ``top_layers``) and its options.
       optimizer, learning_rate, optimizer_kwargs: see ``training.optim.make_optimizer``.
@@ -47,6 +52,8 @@ class RunsConfig:
     model: str = "minilm"
     model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"max_length": 48})
     pretrain: bool = False
+    format_warmup_steps: int = 0
+    format_warmup_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     method: str = "top_layers"
     method_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"n_top": 1})
     optimizer: str = "sgd"

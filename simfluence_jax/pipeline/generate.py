@@ -52,14 +52,42 @@ def _model(cfg: RunsConfig, task):
     from simfluence_jax.models import MODELS
 
     kwargs = dict(cfg.model_kwargs)
+    if cfg.format_warmup_steps and not (cfg.model == "t5" and cfg.pretrain):
+        raise ValueError(
+            "RunsConfig.format_warmup_steps > 0 needs the pretrained T5 (model 't5' with "
+            f"pretrain=True), got model {cfg.model!r} with pretrain={cfg.pretrain}"
+        )
+    if cfg.format_warmup_steps and not task.warmup_texts:
+        raise ValueError(
+            f"task {task.name!r} has no warm-up split for RunsConfig.format_warmup_steps="
+            f"{cfg.format_warmup_steps}; give it one (e.g. task_kwargs {{'num_warmup': 20}})"
+        )
     if cfg.model == "t5" and cfg.pretrain:
         from simfluence_jax.training.pretrain import PretrainConfig, pretrain_t5
 
         pre = pretrain_t5(PretrainConfig(**kwargs.pop("pretrain", {})))
+        if cfg.format_warmup_steps:
+            pre = _format_warmup(cfg, task, pre, pre.model(**kwargs))
         return pre.model(**kwargs)
     if cfg.model == "minilm" and task.label_names and "label_names" not in kwargs:
         kwargs["label_names"] = tuple(task.label_names)
     return MODELS.get(cfg.model)(**kwargs)
+
+
+def _format_warmup(cfg: RunsConfig, task, pre, model):
+    """``pre`` fine-tuned on ``task``'s warm-up split (cached), see ``training.format_warmup``."""
+    from simfluence_jax.training.format_warmup import FormatWarmupConfig, format_warmup_t5
+
+    config = FormatWarmupConfig(num_steps=cfg.format_warmup_steps, **dict(cfg.format_warmup_kwargs))
+    return format_warmup_t5(
+        pre,
+        task.warmup_texts,
+        task.warmup_targets,
+        config,
+        input_length=model.input_length,
+        target_length=model.target_length,
+        loss_normalization=model.loss_normalization,
+    )
 
 
 def _use_seqio(cfg: RunsConfig) -> bool:
@@ -167,10 +195,20 @@ def produce(
     return collect(store_dir, require_all=process_count == 1)
 
 
+_NEWER_FIELDS = ("format_warmup_steps", "format_warmup_kwargs")
+"""``RunsConfig`` fields added after stores were first named: left out of the name at their
+default values, so stores written before they existed keep their names."""
+
+
 def store_name(cfg: RunsConfig) -> str:
     """A folder name keyed by the configuration, so a changed config never resumes an old
     store and an unchanged one reuses its runs."""
-    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode()
+    fields = dataclasses.asdict(cfg)
+    default = RunsConfig()
+    for name in _NEWER_FIELDS:
+        if fields[name] == getattr(default, name):
+            del fields[name]
+    blob = json.dumps(fields, sort_keys=True, default=str).encode()
     return f"runs-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 

@@ -98,8 +98,16 @@ class PretrainedT5:
     losses: np.ndarray
     settings: dict
 
-    def model(self, *, input_length: int = 64, target_length: int = 8, **overrides):
-        """A ``T5Model`` starting from these parameters (``overrides``: e.g. dropout)."""
+    def model(
+        self,
+        *,
+        input_length: int = 64,
+        target_length: int = 8,
+        loss_normalization: str = "sum",
+        **overrides,
+    ):
+        """A ``T5Model`` starting from these parameters (``overrides``: e.g. dropout;
+        ``loss_normalization``: ``"sum"`` or ``"mean"``, see ``t5_model``)."""
         from simfluence_jax.models.t5 import replace_config
         from simfluence_jax.models.t5_model import T5Model
 
@@ -109,6 +117,7 @@ class PretrainedT5:
             input_length=input_length,
             target_length=target_length,
             params=self.params,
+            loss_normalization=loss_normalization,
         )
 
 
@@ -228,15 +237,33 @@ def pretrain_t5(
 
     spm_path = train_sentencepiece(texts, vocab_size=config.spm_vocab_size, cache_dir=root / "spm")
     params, model_config, losses = _train(config, texts, spm_path, progress=progress)
+    return save_pretrained(
+        target,
+        params=params,
+        model_config=model_config,
+        vocab_path=spm_path,
+        losses=losses,
+        settings=settings,
+    )
+
+
+def save_pretrained(
+    target: Path, *, params, model_config, vocab_path: Path, losses: np.ndarray, settings: dict
+) -> PretrainedT5:
+    """Writes ``target`` in the layout :func:`load_pretrained` reads and returns it loaded.
+
+    The folder (``params/`` orbax checkpoint, ``vocab.model``, ``settings.json`` with the
+    model config, ``losses.npy``, ``COMPLETE``) is written under a temporary name and swapped
+    in when complete, so a killed job never leaves a folder that reads as complete.
+    """
+    from simfluence_jax import checkpoints
 
     config_dict = dataclasses.asdict(model_config)
     config_dict["dtype"] = jnp.dtype(config_dict["dtype"]).name
-    from simfluence_jax import checkpoints
-
     # A half-written folder from a killed run (no COMPLETE) is replaced atomically.
     with sio.replace_directory(target) as tmp:
-        shutil.copyfile(spm_path, tmp / "vocab.model")
-        np.save(tmp / "losses.npy", losses)
+        shutil.copyfile(vocab_path, tmp / "vocab.model")
+        np.save(tmp / "losses.npy", np.asarray(losses, np.float32))
         settings_text = json.dumps({**settings, "model_config": config_dict}, indent=1)
         sio.write_files(tmp, {"settings.json": settings_text})
         checkpoints.checkpointer().save(
