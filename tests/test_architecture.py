@@ -165,10 +165,5 @@ def test_imports_point_one_way(rule):
     assert not _violations(sources(), forbidden), rule
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simfluence_jax/models/t5_model.py imports simfluence_jax.data (the SentencePiece "
-    "vocabulary) at module level; remove this mark when it no longer does",
-)
 def test_models_do_not_import_data():
     assert not _violations(_modules("models"), ("data",))

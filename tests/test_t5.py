@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simfluence_jax.data.vocab import train_sentencepiece
+from simfluence_jax.models.vocab import train_sentencepiece
 from simfluence_jax.models import t5
 from simfluence_jax.models.protocol import Model
 from simfluence_jax.models.registry import MODELS

@@ -7,7 +7,7 @@ import os
 import pytest
 from fixtures_path import shared_fixture
 
-from simfluence_jax.data import vocab
+from simfluence_jax.models import vocab
 
 CORPUS = [
     "the cat sat on the mat",

@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simfluence_jax.data.vocab import EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
 from simfluence_jax.models.registry import MODELS
 from simfluence_jax.models.t5 import T5Config, T5Transformer, replace_config, t5_config
 from simfluence_jax.models.t5x_checkpoint import check_params, load_t5x_checkpoint
+from simfluence_jax.models.vocab import EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
 
 LOSS_NORMALIZATIONS = ("sum", "mean")
 """``sum``: sum of target-token cross-entropies (T5X's per-example score); ``mean``: per token."""

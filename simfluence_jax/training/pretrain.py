@@ -220,7 +220,7 @@ def pretrain_t5(
       cache_dir: cache root (default :func:`default_cache_dir`).
       progress: print the loss every chunk.
     """
-    from simfluence_jax.data.vocab import train_sentencepiece
+    from simfluence_jax.models.vocab import train_sentencepiece
 
     if texts is None:
         from simfluence_jax.data.tasks import get_task
@@ -330,7 +330,7 @@ def span_corruption_arrays(
 
 
 def _train(config: PretrainConfig, texts, spm_path: Path, *, progress: bool):
-    from simfluence_jax.data.vocab import load_sentencepiece
+    from simfluence_jax.models.vocab import load_sentencepiece
     from simfluence_jax.models.t5 import t5_config
     from simfluence_jax.models.t5_model import T5Model
 

@@ -14,11 +14,12 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import sentencepiece as spm
+
+from simfluence_jax import io as sio
 
 PAD_ID = 0
 EOS_ID = 1
@@ -98,14 +99,7 @@ def train_sentencepiece(
         minloglevel=2,
         **trainer_settings,
     )
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".spm-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.getvalue())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    sio.atomic_write(target, model.getvalue())
     return target
 
 
