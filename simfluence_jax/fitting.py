@@ -238,16 +238,24 @@ def fit_linear(
 
 @SIMULATORS.register("linear_kernel")
 def fit_linear_kernel(
-    runs, *, l2=None, validation=None, solver="auto", mesh=None, alpha="sum", momentum="auto",
+    runs, *, l2=None, validation=None, solver="auto", mesh=None, alpha=None, momentum="auto",
     lr_scaled=None, dtype=np.float32,
 ):  # fmt: skip
     """Simfluence-Linear with the optimizer kernel: mu chosen with l2 on the validation runs
     (``momentum="auto"``), effects scaled by the learning rate when the runs carry their
-    learning rates (``lr_scaled=None``)."""
+    learning rates (``lr_scaled=None``), in the ``one_plus_sum`` form when scaled.
+
+    The scale multiplies alpha's per-example part too, so in the plain-sum form
+    (alpha_t = s_t A . x_t) a step with a zero learning rate (the first step of a linear
+    warm-up) would send the simulated loss to zero; with ``alpha_t = 1 + s_t A . x_t`` it
+    leaves the loss unchanged, as the optimizer does.
+    """
     if lr_scaled is None:
         lr_scaled = runs.learning_rates is not None and (
             validation is None or validation.learning_rates is not None
         )
+    if alpha is None:
+        alpha = "one_plus_sum" if lr_scaled else "sum"
     sim = fit_linear(
         runs, l2=l2, validation=validation, solver=solver, mesh=mesh, alpha=alpha,
         momentum=momentum, lr_scaled=lr_scaled, dtype=dtype,
