@@ -119,21 +119,32 @@ def parse_gin(gin_files, bindings) -> None:
         logging.getLogger().removeFilter(quiet)
 
 
-def configs():
-    """The gin-bound ``(RunsConfig, FitConfig, CounterfactualConfig, Experiment)``."""
+def register_configurable(cls, name: str | None = None) -> None:
+    """Makes an experiment's own config record gin-configurable as ``name`` (default: its
+    class name), before its gin files are parsed; a name already registered is kept."""
     gin = _gin()
     try:
-        out = (
-            gin.get_configurable("RunsConfig")(),
-            gin.get_configurable("FitConfig")(),
-            gin.get_configurable("CounterfactualConfig")(),
-            gin.get_configurable("Experiment")(),
-        )
+        gin.get_configurable(name or cls.__name__)
+    except ValueError:
+        gin.external_configurable(cls, name or cls.__name__)
+
+
+def configured(name: str):
+    """The configurable ``name`` made with its gin bindings; a dataclass record's fields are
+    checked against their annotations. ``ValueError`` names a missing or bad binding."""
+    try:
+        out = _gin().get_configurable(name)()
     except (TypeError, ValueError) as e:
         raise ValueError(f"missing or bad gin binding: {e}") from None
-    for cfg in out[:3]:
-        _check_types(cfg)
+    if dataclasses.is_dataclass(out):
+        _check_types(out)
     return out
+
+
+def configs():
+    """The gin-bound ``(RunsConfig, FitConfig, CounterfactualConfig, Experiment)``."""
+    return tuple(configured(n) for n in ("RunsConfig", "FitConfig", "CounterfactualConfig",
+                                         "Experiment"))  # fmt: skip
 
 
 def _check_types(cfg) -> None:

@@ -22,6 +22,10 @@ def test_beyond_small_writes_every_section(tmp_path):
         "## Curriculum search",
     ):
         assert heading in report, heading
+    # The gin experiment's operative config lies next to its outputs and in the report.
+    config = (out / "operative_config.gin").read_text()
+    for binding in ("Beyond.withheld = 8", "RunsConfig.num_steps = 8", "FitConfig.num_fit = 4"):
+        assert binding in config and binding in report, binding
     summary = json.loads((out / "beyond.json").read_text())
     assert {"featurized", "featurized_order2", "linear"} <= set(summary["heldout"])
     assert "featurized" in summary["unseen_test"]

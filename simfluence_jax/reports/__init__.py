@@ -1,6 +1,8 @@
 """Reports: the results table in the paper's terms, figures, a counterfactual, data files.
 
-Part of the pipeline layer (it needs matplotlib); the core never imports it. Figures are
+``write_report`` composes ``scoring`` (rows, divergence, the best of each metric),
+``figures`` (what the figures show, written as PNG) and ``render`` (Markdown, JSON, CSV).
+Part of the library layer (it needs matplotlib); the core never imports it. Figures are
 built on ``matplotlib.figure.Figure`` with the Agg canvas, never through ``pyplot``, so
 importing this package leaves the global matplotlib backend alone.
 
@@ -12,6 +14,7 @@ Example::
                          groups={"linear": "fitted", "constant": "control"})
 """
 
+from simfluence_jax.io import git_revision
 from simfluence_jax.reports.counterfactual import Counterfactual
 from simfluence_jax.reports.plots import (
     plot_counterfactual,
@@ -19,14 +22,9 @@ from simfluence_jax.reports.plots import (
     plot_trajectories,
     simulator_styles,
 )
-from simfluence_jax.reports.writer import (
-    METRICS,
-    best_by_metric,
-    git_revision,
-    markdown_table,
-    score_predictions,
-    write_report,
-)
+from simfluence_jax.reports.render import markdown_table
+from simfluence_jax.reports.scoring import METRICS, best_by_metric, score_predictions
+from simfluence_jax.reports.writer import write_report
 
 __all__ = [
     "METRICS",

@@ -1,13 +1,15 @@
 """The run factory: instrumented fine-tuning that records every test loss after every step.
 
 See ``train_step`` (the compiled step), ``methods`` (full, prompt, LoRA, cached top layers),
-``optim`` (optimizers and schedules by name), ``loop`` (many runs, written to a run store)
-and ``distributed`` (several processes sharing one store).
+``optim`` (optimizers and schedules by name), ``loop`` (the ``RunFactory``: many runs through
+one compiled step), ``produce`` (runs written to a run store, resumable) and ``distributed``
+(several processes sharing one store).
 """
 
-from simfluence_jax.training.loop import ProduceReport, RunFactory, plan_groups, produce_runs
+from simfluence_jax.training.loop import RunFactory, plan_groups
 from simfluence_jax.training.methods import METHODS, MethodData, make_method
 from simfluence_jax.training.optim import OPTIMIZERS, SCHEDULES, Optimizer, make_optimizer
+from simfluence_jax.training.produce import ProduceReport, produce_runs
 from simfluence_jax.training.train_step import (
     TrainState,
     init_state,

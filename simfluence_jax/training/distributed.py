@@ -26,7 +26,8 @@ import jax
 import numpy as np
 
 from simfluence_jax.store import collect, create_store, open_store
-from simfluence_jax.training.loop import RunFactory, produce_runs
+from simfluence_jax.training.loop import RunFactory
+from simfluence_jax.training.produce import produce_runs
 
 
 def initialize(*, process_id: int, num_processes: int, port: int, host: str = "127.0.0.1") -> None:
