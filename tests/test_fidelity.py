@@ -17,12 +17,14 @@ def test_two_tiny_rows_end_to_end(tmp_path):
     from experiments import fidelity
 
     out, cache = tmp_path / "fid", tmp_path / "cache"
-    argv = ["--gin_file", str(ROOT / "gin_configs/experiments/fidelity_tiny.gin"),
-            f"--gin.Fidelity.output_dir='{out}'", f"--gin.Fidelity.cache_dir='{cache}'"]  # fmt: skip
+    argv = [
+        "--gin_file", str(ROOT / "gin_configs/experiments/fidelity_tiny.gin"),
+        f"--gin.Fidelity.output_dir='{out}'", f"--gin.Fidelity.cache_dir='{cache}'",
+    ]  # fmt: skip
     assert fidelity.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results) == 2
-    for name, res in results.items():
+    for res in results.values():
         assert "error" not in res, res
         assert [s["seed"] for s in res["splits"]] == [0, 1]
         for s in res["splits"]:

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simfluence_jax.models.vocab import train_sentencepiece
 from simfluence_jax.models import t5
 from simfluence_jax.models.protocol import Model
 from simfluence_jax.models.registry import MODELS
 from simfluence_jax.models.t5_model import T5Model, encdec_arrays, per_example_cross_entropy
+from simfluence_jax.models.vocab import train_sentencepiece
 
 TEXTS = [
     "the cat sat on the mat",

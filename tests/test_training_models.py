@@ -74,9 +74,9 @@ def test_minilm(polarity, method, lr):
     ids=["full", "prompt"],
 )
 def test_t5(polarity, tmp_path_factory, method, lr):
-    from simfluence_jax.models.vocab import train_sentencepiece
     from simfluence_jax.models.t5 import t5_config
     from simfluence_jax.models.t5_model import T5Model
+    from simfluence_jax.models.vocab import train_sentencepiece
 
     train_x, train_y, test_x, test_y, _ = polarity
     spm = train_sentencepiece(

@@ -52,9 +52,9 @@ def test_minilm_methods_on_word_tasks(task_name, method, optimizer):
 
 @pytest.fixture(scope="module")
 def t5_model(tmp_path_factory):
-    from simfluence_jax.models.vocab import train_sentencepiece
     from simfluence_jax.models.t5 import t5_config
     from simfluence_jax.models.t5_model import T5Model
+    from simfluence_jax.models.vocab import train_sentencepiece
 
     texts = []
     for name in ("analogy", "similarity"):

@@ -330,9 +330,9 @@ def span_corruption_arrays(
 
 
 def _train(config: PretrainConfig, texts, spm_path: Path, *, progress: bool):
-    from simfluence_jax.models.vocab import load_sentencepiece
     from simfluence_jax.models.t5 import t5_config
     from simfluence_jax.models.t5_model import T5Model
+    from simfluence_jax.models.vocab import load_sentencepiece
 
     vocab = load_sentencepiece(spm_path)
     pieces = vocab.get_piece_size()
