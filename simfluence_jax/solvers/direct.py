@@ -23,7 +23,8 @@ products still has a sparse factor. Within one run, for row weights ``u_t`` (``L
 has B non-zeros, so row i of ``sum_k g_k c_k v_k^T`` is the sum, over the rows where id i
 occurs, of ``g_k v_k``: with the occurrence lists of ``common.occurrences`` (shared by every
 ``mu``) that is one batched matrix product of O x N per id, O the most occurrences of an
-id, instead of the S x N of the dense rows (measured 10x faster at N=200, S=2400, O=66).
+id, instead of the S x N of the dense rows (measured 6-10x faster at N=200, S=2400, O=66;
+memory N x O x N for the gathered rows).
 ``g`` is the filter ``F^2`` transposed applied to the weights, and ``v`` is ``F - I/2``
 applied to the counts; ``F`` must be the kernel's geometric filter ``F[t, k] = mu^(t-k)``.
 
@@ -185,7 +186,7 @@ def solve_normal(S0, S2, S1, r, l2s, *, use_A: bool, use_B: bool) -> jax.Array:
     rB_hat = r[:, -N:] @ U  # U^T rB per test example
     if use_B and not use_A:
         return jax.vmap(lambda l2: (rB_hat / (lam + l2)) @ U.T)(l2s)
-    S1_hat = jnp.einsum("ki,mkj->mij", U, S1)  # U^T S1
+    S1_hat = U.T @ S1
     rA = r[:, :N]
     eye = jnp.eye(N, dtype=dtype)
 
