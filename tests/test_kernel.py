@@ -145,6 +145,19 @@ def test_grid_search_chooses_what_single_fits_choose(kernel_world):
     assert score[auto32.momentum, auto32.l2] <= (1 + 1e-3) * score[best]
 
 
+def test_grid_in_chunks_of_mu_equals_the_whole_grid(kernel_world, monkeypatch):
+    fit, val, _ = kernel_world
+    kw = dict(validation=val, momentum=[0.0, 0.4, 0.7, 0.8, 0.9], lr_scaled=True,
+              alpha="one_plus_sum")  # fmt: skip
+    whole = sj.fit_simulator("linear", fit, **kw)
+    # Room for two mu per chunk: chunks of 2, 2 and a padded 1.
+    per_mu = len(fitting.DEFAULT_L2_GRID) * fit.num_test * 2 * fit.num_train * 4
+    monkeypatch.setattr(fitting, "GRID_CHUNK_BYTES", 2 * per_mu)
+    chunked = sj.fit_simulator("linear", fit, **kw)
+    assert (chunked.momentum, chunked.l2) == (whole.momentum, whole.l2)
+    np.testing.assert_array_equal(np.asarray(chunked.A), np.asarray(whole.A))
+
+
 def test_zero_momentum_constant_rate_is_the_paper_form():
     fit, val, test = _world(0.0, schedule=False, seed=1, num_runs=30).split(20, 5, 5)
     plain = sj.fit_simulator("linear", fit, validation=val)
