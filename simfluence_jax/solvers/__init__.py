@@ -2,7 +2,9 @@
 
 Three solvers give the same answer (tests hold them to each other):
 
-* ``direct``: normal equations by scan + batched Cholesky; O(M (2N)^2) memory;
+* ``direct``: normal equations (scatters for count rows, occurrence lists for kernel
+  rows), the shared block eigendecomposed once for every l2, one batched N x N Cholesky
+  per l2; O(M (2N)^2) memory;
 * ``cg``: matrix-free preconditioned conjugate gradients; O(M (N + rows)) memory;
 * ``dual``: the kernel form, O(M rows^2) memory, when rows < unknowns.
 
