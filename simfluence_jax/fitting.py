@@ -32,7 +32,7 @@ from simfluence_jax.registry import Registry
 from simfluence_jax.rollout import rollout, teacher_forced
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
-from simfluence_jax.solvers import RidgeProblem, solve_ridge
+from simfluence_jax.solvers import RidgeProblem, solve_ridge, solve_ridge_grid
 
 SIMULATORS: Registry[Callable[..., object]] = Registry("simulator")
 
@@ -42,6 +42,9 @@ DEFAULT_L2 = 1e-2
 DEFAULT_L2_GRID = tuple(float(x) for x in np.logspace(-4, 2, 7))
 #: mu grid searched by ``momentum="auto"``: 0, 0.05, ..., 0.95.
 MOMENTUM_GRID = tuple(round(0.05 * k, 2) for k in range(20))
+#: Most bytes of candidate parameters a (mu, l2) grid holds at once; larger grids are
+#: solved in chunks of mu values.
+GRID_CHUNK_BYTES = 256 * 1024**2
 
 ALPHA_FORMS = {"sum": 0.0, "one_plus_sum": 1.0}
 
@@ -60,8 +63,12 @@ def rollout_mse(sim, runs: RunSet, *, mesh=None) -> float:
 
 def path_mse(sims: LinearSimulator, K: int, runs: RunSet, *, mesh=None) -> np.ndarray:
     """``float[K]`` all-steps validation MSE of K Linear simulators stacked along the test
-    axis (``A: [K*M, N]``), rolled out together in one call (inf where one diverges)."""
+    axis (``A: [K*M, N]``), rolled out together in one call (inf where one diverges).
+
+    The rollout runs in float32, so float64 fits are scored with their parameters rounded
+    to float32."""
     M = runs.num_test
+    sims = sims.replace(A=np.asarray(sims.A, np.float32), B=np.asarray(sims.B, np.float32))
     L0 = np.tile(runs.L0, (1, K))
     pred = np.asarray(
         rollout(sims, runs.batches, L0, learning_rates=runs.learning_rates, mesh=mesh)
@@ -162,7 +169,53 @@ def _ridge_fit(
     if lr_scaled:
         common["lr_ref"] = lr_ref
     prior = _check_prior(prior, runs, use_A, use_B)
-    best, best_score, x0 = None, np.inf, None
+    if len(grid) * len(mus) == 1:
+        A, B = next(_candidates(base, grid, mus, runs, prior, solver=solver, mesh=mesh,
+                                alpha0=alpha0, lr_scaled=lr_scaled, lr_ref=lr_ref))[1:]  # fmt: skip
+        return LinearSimulator(A=A[0], B=B[0], momentum=float(mus[0]), l2=float(grid[0]), **common)
+    best, best_score = None, np.inf
+    for mu, A, B in _candidates(base, grid, mus, runs, prior, solver=solver, mesh=mesh,
+                                alpha0=alpha0, lr_scaled=lr_scaled, lr_ref=lr_ref):  # fmt: skip
+        K, M, N = A.shape
+        stacked = LinearSimulator(
+            A=np.asarray(A).reshape(K * M, N), B=np.asarray(B).reshape(K * M, N),
+            momentum=mu, **common,
+        )  # fmt: skip
+        scores = path_mse(stacked, K, validation, mesh=mesh)
+        k = int(np.argmin(scores))
+        if scores[k] < best_score:
+            best_score = scores[k]
+            best = LinearSimulator(A=A[k], B=B[k], momentum=mu, l2=float(grid[k]), **common)
+    if best is None:
+        raise ValueError(
+            f"every l2 in {grid.tolist()} (momentum {mus.tolist()}) gives a diverging rollout "
+            "on validation runs"
+        )
+    return best
+
+
+def _candidates(base, grid, mus, runs, prior, *, solver, mesh, alpha0, lr_scaled, lr_ref):
+    """Yields ``(mu, A [K, M, N], B [K, M, N])`` for every mu of ``mus``, the whole l2 path
+    of each.
+
+    Without a prior and with several mu, the grid is solved by ``solve_ridge_grid`` (the
+    direct solver shares across mu what does not depend on it, in one compiled loop over
+    mu), in chunks of at most ``GRID_CHUNK_BYTES`` of parameters. With a prior the target
+    depends on mu, so each mu is its own solve (CG warm-started from the previous mu).
+    """
+    if prior is None and len(mus) > 1:
+        K, M, P = len(grid), base.num_test, base.num_unknowns
+        per_mu = K * M * max(P, 1) * np.dtype(base.Lp.dtype).itemsize
+        size = int(max(1, min(len(mus), GRID_CHUNK_BYTES // per_mu)))
+        for start in range(0, len(mus), size):
+            chunk = mus[start : start + size]
+            # Pad the last chunk with its last mu: one compiled shape for every chunk.
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk))])
+            A, B, _ = solve_ridge_grid(base, grid, padded, solver=solver, mesh=mesh)
+            for i, mu in enumerate(chunk):
+                yield float(mu), A[i], B[i]
+        return
+    x0 = None
     for mu in mus:
         problem = base.with_kernel(float(mu), base.scales)
         if prior is not None:
@@ -173,31 +226,13 @@ def _ridge_fit(
             y = problem.y - np.transpose(X_theta0, (2, 1, 0)).astype(problem.y.dtype)
             problem = dataclasses.replace(problem, y=y)
         A, B, info = solve_ridge(problem, grid, solver=solver, mesh=mesh, x0=x0)
+        if info["solver"] == "cg":
+            # Every l2 of the next mu starts from this mu's solution at the same l2.
+            parts = ([A] if base.use_A else []) + ([B] if base.use_B else [])
+            x0 = np.concatenate([np.asarray(p) for p in parts], axis=-1)
         if prior is not None:
             A, B = A + np.asarray(prior.A)[None], B + np.asarray(prior.B)[None]
-        if len(grid) * len(mus) == 1:
-            return LinearSimulator(A=A[0], B=B[0], momentum=float(mu), l2=float(grid[0]), **common)
-        K, M, N = A.shape
-        stacked = LinearSimulator(
-            A=np.asarray(A).reshape(K * M, N), B=np.asarray(B).reshape(K * M, N),
-            momentum=float(mu), **common,
-        )  # fmt: skip
-        scores = path_mse(stacked, K, validation, mesh=mesh)
-        k = int(np.argmin(scores))
-        if scores[k] < best_score:
-            best_score = scores[k]
-            best = LinearSimulator(A=A[k], B=B[k], momentum=float(mu), l2=float(grid[k]), **common)
-        if info["solver"] == "cg":
-            x0 = np.concatenate(
-                [np.asarray(A[k]) if use_A else np.zeros((M, 0)),
-                 np.asarray(B[k]) if use_B else np.zeros((M, 0))], axis=-1,
-            )  # fmt: skip
-    if best is None:
-        raise ValueError(
-            f"every l2 in {grid.tolist()} (momentum {mus.tolist()}) gives a diverging rollout "
-            "on validation runs"
-        )
-    return best
+        yield float(mu), A, B
 
 
 def _check_runs(runs, validation):

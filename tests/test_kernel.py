@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import simfluence_jax as sj
-from simfluence_jax import metrics
+from simfluence_jax import fitting, metrics
 from simfluence_jax.runs import RunSet
 from simfluence_jax.sampling import sample_curricula
 
@@ -114,6 +114,48 @@ def test_auto_momentum_is_close_and_the_paper_form_is_worse(kernel_world):
     assert _mse(auto, test) <= 1.25 * mse_ref, (_mse(auto, test), mse_ref)
     paper = sj.fit_simulator("linear", fit, validation=val, alpha="one_plus_sum")
     assert _mse(paper, test) > 3 * mse_ref, (_mse(paper, test), mse_ref)
+
+
+def test_grid_search_chooses_what_single_fits_choose(kernel_world):
+    """``momentum="auto"`` solves the whole (mu, l2) grid at once, sharing work across mu; it
+    must choose the (mu, l2) that a brute-force loop of single fits over the same grid
+    chooses by validation rollout MSE, with the same parameters. In float64 the choice is
+    exact; in float32 the choice scores within 1e-3 of the best on the float64 table (near
+    ties may go either way)."""
+    fit, val, _ = kernel_world
+    kw = dict(lr_scaled=True, alpha="one_plus_sum")
+    mus, l2s = fitting.MOMENTUM_GRID, fitting.DEFAULT_L2_GRID
+    with jax.enable_x64(True):
+        auto = sj.fit_simulator("linear", fit, validation=val, momentum="auto",
+                                dtype=np.float64, **kw)  # fmt: skip
+        score, single = {}, {}
+        for mu in mus:
+            for l2 in l2s:
+                single[mu, l2] = sj.fit_simulator("linear", fit, momentum=mu, l2=l2,
+                                                  dtype=np.float64, **kw)  # fmt: skip
+                sim = single[mu, l2]
+                as32 = sim.replace(A=np.float32(sim.A), B=np.float32(sim.B))
+                score[mu, l2] = fitting.rollout_mse(as32, val)
+    best = min(score, key=score.get)
+    assert (auto.momentum, auto.l2) == best, ((auto.momentum, auto.l2), best)
+    for got, want in [(auto.A, single[best].A), (auto.B, single[best].B)]:
+        want = np.asarray(want)
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-9 * np.abs(want).max())
+    auto32 = sj.fit_simulator("linear", fit, validation=val, momentum="auto", **kw)
+    assert score[auto32.momentum, auto32.l2] <= (1 + 1e-3) * score[best]
+
+
+def test_grid_in_chunks_of_mu_equals_the_whole_grid(kernel_world, monkeypatch):
+    fit, val, _ = kernel_world
+    kw = dict(validation=val, momentum=[0.0, 0.4, 0.7, 0.8, 0.9], lr_scaled=True,
+              alpha="one_plus_sum")  # fmt: skip
+    whole = sj.fit_simulator("linear", fit, **kw)
+    # Room for two mu per chunk: chunks of 2, 2 and a padded 1.
+    per_mu = len(fitting.DEFAULT_L2_GRID) * fit.num_test * 2 * fit.num_train * 4
+    monkeypatch.setattr(fitting, "GRID_CHUNK_BYTES", 2 * per_mu)
+    chunked = sj.fit_simulator("linear", fit, **kw)
+    assert (chunked.momentum, chunked.l2) == (whole.momentum, whole.l2)
+    np.testing.assert_array_equal(np.asarray(chunked.A), np.asarray(whole.A))
 
 
 def test_zero_momentum_constant_rate_is_the_paper_form():

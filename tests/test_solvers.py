@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from simfluence_jax.solvers import RidgeProblem, choose_solver, solve_ridge
+from simfluence_jax.solvers import RidgeProblem, choose_solver, solve_ridge, solve_ridge_grid
 from simfluence_jax.synthetic import make_problem
 
 L2S = [1e-3, 1e-1]
@@ -96,6 +96,48 @@ def test_padding_and_repeated_ids_count_correctly():
         for solver in ("direct", "cg", "dual"):
             A, B, _ = solve_ridge(prob, 0.1, solver=solver, tol=1e-13)
             assert _rel(_theta(A, B, prob)[0, 2], ref) < 1e-8, solver
+
+
+@pytest.mark.parametrize("use_A,use_B", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_grid_equals_one_solve_per_mu(use_A, use_B, scaled):
+    """The (mu, l2) grid (one compiled loop over mu for direct, warm-started CG, dual mu by
+    mu) gives every mu the solution of its own kernel problem, in float64 to 1e-8."""
+    mus = [0.0, 0.3, 0.9]
+    with jax.enable_x64(True):
+        prob = _problem(use_A, use_B, dtype=np.float64)
+        rng = np.random.default_rng(0)
+        scales = rng.uniform(0.2, 1.0, prob.ids.shape[:2]) if scaled else None
+        prob = prob.with_kernel(0.0, scales)
+        refs = [
+            _theta(*solve_ridge(prob.with_kernel(mu, scales), L2S, solver="direct")[:2], prob)
+            for mu in mus
+        ]
+        for solver in ("direct", "cg", "dual"):
+            A, B, info = solve_ridge_grid(prob, L2S, mus, solver=solver, tol=1e-13)
+            assert info["solver"] == solver and A.shape == (len(mus), len(L2S), 6, 30)
+            theta = _theta(A, B, prob)
+            for i, ref in enumerate(refs):
+                assert _rel(theta[i], ref) < 1e-8, (solver, mus[i])
+    with pytest.raises(ValueError, match=r"mu must lie in \[0, 1\)"):
+        solve_ridge_grid(prob, L2S, [0.5, 1.0])
+
+
+def test_grid_sharded_over_a_mesh_equals_one_device(devices):
+    from simfluence_jax.sharding import test_mesh
+
+    with jax.enable_x64(True):
+        prob = _problem(dtype=np.float64).with_kernel(0.0, None)
+        one = _theta(*solve_ridge_grid(prob, L2S, [0.0, 0.6])[:2], prob)
+        many = _theta(*solve_ridge_grid(prob, L2S, [0.0, 0.6], mesh=test_mesh(devices))[:2], prob)
+    assert many.shape == one.shape and _rel(many, one) < 1e-9
+
+
+def test_cg_grid_starts_each_l2_from_the_previous_mu():
+    prob = _problem().with_kernel(0.0, None)
+    cold = [solve_ridge(prob.with_kernel(0.55, None), L2S, solver="cg")[2]["iterations"]]
+    warm = solve_ridge_grid(prob, L2S, [0.5, 0.55], solver="cg")[2]["iterations"]
+    assert sum(warm[1]) < sum(cold[0]), (warm, cold)
 
 
 def test_choice_by_size():

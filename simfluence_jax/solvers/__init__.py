@@ -2,12 +2,17 @@
 
 Three solvers give the same answer (tests hold them to each other):
 
-* ``direct``: normal equations by scan + batched Cholesky; O(M (2N)^2) memory;
+* ``direct``: normal equations (scatters for count rows, occurrence lists for kernel
+  rows), the shared block eigendecomposed once for every l2, one batched N x N Cholesky
+  per l2; O(M (2N)^2) memory;
 * ``cg``: matrix-free preconditioned conjugate gradients; O(M (N + rows)) memory;
 * ``dual``: the kernel form, O(M rows^2) memory, when rows < unknowns.
 
 ``choose_solver`` picks one by problem size; ``solve_ridge`` runs it, sharding test
-examples over a mesh when one is given.
+examples over a mesh when one is given. ``solve_ridge_grid`` solves a whole (mu, l2) grid
+of the optimizer kernel: the direct solver in one compiled loop over mu that shares what
+does not depend on mu, CG warm-started from the previous mu's solution at the same l2, the
+dual solver mu by mu.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import numpy as np
 from simfluence_jax.registry import Registry
 from simfluence_jax.sharding import map_over_test
 from simfluence_jax.solvers.cg import solve_cg
-from simfluence_jax.solvers.direct import solve_direct
+from simfluence_jax.solvers.common import occurrences
+from simfluence_jax.solvers.direct import solve_direct, solve_direct_grid
 from simfluence_jax.solvers.dual import solve_dual
 from simfluence_jax.solvers.problem import RidgeProblem
 
@@ -33,14 +39,23 @@ SOLVERS.register("dual")(solve_dual)
 DENSE_BUDGET_BYTES = 2 * 1024**3
 
 
-def choose_solver(problem: RidgeProblem, *, budget_bytes: int = DENSE_BUDGET_BYTES) -> str:
+def choose_solver(
+    problem: RidgeProblem, *, budget_bytes: int = DENSE_BUDGET_BYTES, kernel_rows=None
+) -> str:
     """``dual`` when rows < unknowns and its Gram matrices fit; else ``direct`` if its
-    normal equations fit the budget; else ``cg``."""
+    normal equations (and, for kernel rows, its N x O x N occurrence rows) fit the budget;
+    else ``cg``. ``kernel_rows`` (default: whether the problem's rows are not plain counts)
+    says whether the rows will be the kernel's."""
     M, S, P = problem.num_test, problem.num_rows, problem.num_unknowns
     itemsize = np.dtype(problem.Lp.dtype).itemsize
     if S < P and 3 * M * S * S * itemsize <= budget_bytes:
         return "dual"
-    if 3 * M * P * P * itemsize <= budget_bytes:
+    dense = 3 * M * P * P
+    if (not problem.plain) if kernel_rows is None else kernel_rows:
+        ids = problem.ids[problem.ids >= 0]
+        most = int(np.bincount(ids, minlength=1).max(initial=0)) if ids.size else 0
+        dense += problem.num_train**2 * max(most, 1)
+    if dense * itemsize <= budget_bytes:
         return "direct"
     return "cg"
 
@@ -63,36 +78,34 @@ def solve_ridge(
       solver: ``"auto"``, ``"direct"``, ``"cg"`` or ``"dual"``.
       mesh: optional ``sharding.test_mesh()``; test examples are split over its devices.
       tol, maxiter: CG stopping rule (ignored by the exact solvers).
-      x0: CG's starting point ``float[M, P]`` (ignored by the exact solvers).
+      x0: CG's starting point, ``float[M, P]`` for every l2 or ``float[K, M, P]`` one per
+        l2 (ignored by the exact solvers).
 
     Returns:
       ``(A, B, info)``: ``A, B`` of shape ``[K, M, N]`` (zeros for unknowns the problem
       leaves out) and a dict naming the solver (and CG's iterations and residuals).
     """
-    l2s = np.atleast_1d(np.asarray(l2s, dtype=np.float64))
-    if l2s.ndim != 1 or l2s.size == 0:
-        raise ValueError(f"l2 must be a float or a non-empty 1-D sequence, got {l2s!r}")
-    if not np.all(np.isfinite(l2s)) or np.any(l2s <= 0):
-        raise ValueError(f"every l2 must be a finite number > 0, got {l2s.tolist()}")
+    l2s = _check_l2s(l2s)
     name = choose_solver(problem) if solver == "auto" else solver
     fn = SOLVERS.get(name)
-    kw = dict(num_train=problem.num_train, use_A=problem.use_A, use_B=problem.use_B)
+    kw = _solver_keywords(problem, name, tol, maxiter)
     info = {"solver": name}
     dtype = problem.Lp.dtype
-    if name == "cg":
-        eps = float(np.finfo(dtype).eps)
-        kw["tol"] = tol if tol is not None else max(1e-12, 10 * eps)
-        kw["maxiter"] = maxiter if maxiter is not None else max(200, 4 * problem.num_unknowns)
     ids = jnp.asarray(problem.ids)
     l2_arr = jnp.asarray(l2s, dtype)
     kernel = () if problem.plain else tuple(map(jnp.asarray, problem.kernel_arrays(dtype)))
     per_test = (jnp.asarray(problem.Lp), jnp.asarray(problem.y))
+    extra = ()
     if name == "cg" and x0 is not None:
-        per_test += (jnp.asarray(x0, dtype),)
+        x0 = jnp.asarray(x0, dtype)
+        # The test axis of a per-l2 start [K, M, P] goes first for map_over_test.
+        per_test += (x0 if x0.ndim == 2 else jnp.moveaxis(x0, 1, 0),)
+    if name == "direct" and not problem.plain:
+        extra = tuple(map(jnp.asarray, occurrences(problem.ids, problem.num_train)))
     out = map_over_test(
-        partial(_call, fn, kw, len(per_test) == 3),
+        partial(_call, fn, kw, len(per_test) == 3, bool(kernel), len(extra)),
         per_test,
-        shared=(ids, l2_arr, *kernel),
+        shared=(ids, l2_arr, *kernel, *extra),
         test_axis_out=1,
         mesh=mesh,
     )
@@ -106,12 +119,107 @@ def solve_ridge(
     return A, B, info
 
 
-def _call(fn, kw, has_x0, Lp, y, *rest):
+def solve_ridge_grid(
+    problem: RidgeProblem,
+    l2s,
+    momenta,
+    *,
+    solver: str = "auto",
+    mesh=None,
+    tol: float | None = None,
+    maxiter: int | None = None,
+):
+    """Solves the kernel's ridge problem for every (mu, l2) of a grid.
+
+    The rows of ``problem`` are filtered with each ``mu`` in ``momenta`` (its own
+    ``momentum`` is ignored; its ``scales`` are kept), so entry ``[i, k]`` equals
+    ``solve_ridge(problem.with_kernel(momenta[i], problem.scales), l2s[k])`` to solver
+    tolerance.
+
+    Args:
+      problem: the rows (see ``RidgeProblem``).
+      l2s: a float or a sequence of K floats, each > 0.
+      momenta: a sequence of mu values in [0, 1).
+      solver: ``"auto"`` (``choose_solver``), ``"direct"``, ``"cg"`` or ``"dual"``.
+      mesh, tol, maxiter: as for ``solve_ridge``.
+
+    Returns:
+      ``(A, B, info)``: ``A, B`` of shape ``[n_mu, K, M, N]`` and a dict naming the solver
+      (and, for CG, the iterations per mu).
+    """
+    l2s = _check_l2s(l2s)
+    mus = np.atleast_1d(np.asarray(momenta, dtype=np.float64))
+    if mus.ndim != 1 or mus.size == 0 or np.any(~np.isfinite(mus)):
+        raise ValueError(f"momenta must be a non-empty 1-D sequence, got {momenta!r}")
+    if np.any(mus < 0) or np.any(mus >= 1):
+        raise ValueError(f"every mu must lie in [0, 1), got {mus.tolist()}")
+    name = choose_solver(problem, kernel_rows=True) if solver == "auto" else solver
+    SOLVERS.get(name)  # names the known solvers if unknown
+    problems = [problem.with_kernel(float(mu), problem.scales) for mu in mus]
+    if name != "direct":
+        # One solve per mu; CG starts every l2 from the previous mu's solution at that l2.
+        As, Bs, info, x0 = [], [], {"solver": name}, None
+        for p in problems:
+            A, B, step = solve_ridge(p, l2s, solver=name, mesh=mesh, tol=tol, maxiter=maxiter,
+                                     x0=x0)  # fmt: skip
+            As.append(A)
+            Bs.append(B)
+            if name == "cg":
+                info.setdefault("iterations", []).append(step["iterations"])
+                x0 = _theta(p, A, B)
+        return jnp.stack(As), jnp.stack(Bs), info
+    dtype = problem.Lp.dtype
+    filters = np.stack([p.kernel_arrays(dtype)[0] for p in problems])
+    scales = problems[0].kernel_arrays(dtype)[1]
+    rows, weights = occurrences(problem.ids, problem.num_train)
+    kw = _solver_keywords(problem, name, tol, maxiter)
+    shared = (problem.ids, l2s.astype(dtype), filters, scales, rows, weights)
+    theta = map_over_test(
+        lambda Lp, y, ids, l2, F, s, *occ: solve_direct_grid(ids, Lp, y, l2, F, s, occ, **kw),
+        (jnp.asarray(problem.Lp), jnp.asarray(problem.y)),
+        shared=tuple(map(jnp.asarray, shared)),
+        test_axis_out=2,
+        mesh=mesh,
+    )
+    A, B = problem.split_theta(theta)
+    return A, B, {"solver": name}
+
+
+def _check_l2s(l2s) -> np.ndarray:
+    l2s = np.atleast_1d(np.asarray(l2s, dtype=np.float64))
+    if l2s.ndim != 1 or l2s.size == 0:
+        raise ValueError(f"l2 must be a float or a non-empty 1-D sequence, got {l2s!r}")
+    if not np.all(np.isfinite(l2s)) or np.any(l2s <= 0):
+        raise ValueError(f"every l2 must be a finite number > 0, got {l2s.tolist()}")
+    return l2s
+
+
+def _solver_keywords(problem: RidgeProblem, name: str, tol, maxiter) -> dict:
+    kw = dict(num_train=problem.num_train, use_A=problem.use_A, use_B=problem.use_B)
+    if name == "cg":
+        eps = float(np.finfo(problem.Lp.dtype).eps)
+        kw["tol"] = tol if tol is not None else max(1e-12, 10 * eps)
+        kw["maxiter"] = maxiter if maxiter is not None else max(200, 4 * problem.num_unknowns)
+    return kw
+
+
+def _theta(problem: RidgeProblem, A, B):
+    """``[..., P]`` unknowns from ``(A, B)``, the inverse of ``split_theta``."""
+    parts = ([A] if problem.use_A else []) + ([B] if problem.use_B else [])
+    return jnp.concatenate(parts, axis=-1)
+
+
+def _call(fn, kw, has_x0, has_kernel, n_extra, Lp, y, *rest):
+    x0 = None
     if has_x0:
-        x0, ids, l2s, *kernel = rest
-        return fn(ids, Lp, y, l2s, tuple(kernel) or None, x0, **kw)
-    ids, l2s, *kernel = rest
-    return fn(ids, Lp, y, l2s, tuple(kernel) or None, **kw)
+        x0, *rest = rest
+        x0 = x0 if x0.ndim == 2 else jnp.moveaxis(x0, 0, 1)
+    ids, l2s, *rest = rest
+    kernel = tuple(rest[:2]) if has_kernel else None
+    extra = {"occ": tuple(rest[len(rest) - n_extra :])} if n_extra else {}
+    if x0 is not None:
+        return fn(ids, Lp, y, l2s, kernel, x0, **kw)
+    return fn(ids, Lp, y, l2s, kernel, **extra, **kw)
 
 
-__all__ = ["RidgeProblem", "SOLVERS", "choose_solver", "solve_ridge"]
+__all__ = ["RidgeProblem", "SOLVERS", "choose_solver", "solve_ridge", "solve_ridge_grid"]

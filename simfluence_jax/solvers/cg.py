@@ -89,7 +89,8 @@ def solve_cg(
       Lp, y: ``float[M, T, R]``.
       l2s: ``float[K]``.
       kernel: ``(F [T, T], scales [T, R])`` for the optimizer kernel's rows, or ``None``.
-      x0: optional ``float[M, P]`` starting point (default zeros) for every l2.
+      x0: optional starting point (default zeros): ``float[M, P]`` for every l2, or
+        ``float[K, M, P]``, one per l2 (e.g. the solutions of a neighbouring mu).
 
     Returns:
       ``(theta float[K, M, P], iterations int32[K, M], rel_residual float[K, M])``; the
@@ -108,9 +109,15 @@ def solve_cg(
     rhs = jax.vmap(lambda lp, yy: rhs_one(ids, w, lp, yy, *args))(Lp, y)
     blocks = _block_diag(ids, w, Lp, num_train, kernel)
     rhs_norm = jnp.maximum(jnp.linalg.norm(rhs, axis=-1), jnp.finfo(dtype).tiny)
-    start = jnp.zeros_like(rhs) if x0 is None else jnp.asarray(x0, dtype)
+    l2s = l2s.astype(dtype)
+    if x0 is None:
+        starts = jnp.zeros((l2s.shape[0],) + rhs.shape, dtype)
+    else:
+        x0 = jnp.asarray(x0, dtype)
+        starts = jnp.broadcast_to(x0, (l2s.shape[0],) + rhs.shape) if x0.ndim == 2 else x0
 
-    def solve(l2):
+    def solve(args):
+        l2, start = args
         precond = _preconditioner(blocks, l2, num_train, use_A, use_B)
 
         def matvec(x):
@@ -146,4 +153,4 @@ def solve_cg(
         true_r = rhs - matvec(x)
         return x, jnp.full((M,), i), jnp.linalg.norm(true_r, axis=-1) / rhs_norm
 
-    return jax.lax.map(solve, l2s.astype(dtype))
+    return jax.lax.map(solve, (l2s, starts))

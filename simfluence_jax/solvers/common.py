@@ -9,6 +9,33 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def occurrences(ids: np.ndarray, num_train: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each training id occurs, on the host: ``(rows int32[N, O], weights float32[N, O])``.
+
+    ``rows[i, o]`` is the flat row index ``t * R + r`` of the o-th batch slot holding id i
+    (an id twice in a batch is listed twice), padded to the largest count O with row 0 and
+    weight 0. It depends only on the batch ids, not on the kernel's ``mu`` or the losses.
+    """
+    ids = np.asarray(ids)
+    B = ids.shape[-1]
+    flat = ids.reshape(-1)
+    row = np.repeat(np.arange(flat.size // B, dtype=np.int64), B)
+    keep = flat >= 0
+    slot_id, row = flat[keep].astype(np.int64), row[keep]
+    order = np.argsort(slot_id, kind="stable")
+    slot_id, row = slot_id[order], row[order]
+    count = np.bincount(slot_id, minlength=num_train)
+    width = max(1, int(count.max(initial=0)))
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    pos = np.arange(slot_id.size) - start[slot_id]
+    rows = np.zeros((num_train, width), np.int32)
+    weights = np.zeros((num_train, width), np.float32)
+    rows[slot_id, pos] = row
+    weights[slot_id, pos] = 1.0
+    return rows, weights
 
 
 def masked_ids(ids: jax.Array) -> tuple[jax.Array, jax.Array]:
