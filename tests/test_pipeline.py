@@ -21,12 +21,13 @@ GIN = Path(__file__).resolve().parents[1] / "gin_configs" / "experiments" / "tin
 def _store_files(out: Path) -> dict[str, tuple[int, int, int]]:
     """Every file of the run stores under ``out`` (the runs' and the counterfactual's):
     ``{path: (inode, size, mtime_ns)}``. A run trained again rewrites its files (atomic
-    writes give new inodes), so an unchanged dict means no training step ran."""
+    writes give new inodes), so an unchanged dict means no training step ran. The writer
+    locks (``LOCK``, ``locks/``) are left out: every writer takes them, reading or not."""
     return {
         str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
         for store in out.glob("runs-*")
         for p in store.rglob("*")
-        if p.is_file()
+        if p.is_file() and p.name != "LOCK" and "locks" not in p.relative_to(store).parts
     }
 
 

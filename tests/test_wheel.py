@@ -78,4 +78,4 @@ def test_wheel_installs_and_finds_its_gin_configs(tmp_path):
     assert (work / "sims" / "linear" / "meta.json").exists()
     operative = (work / "sims" / "operative_config.gin").read_text()
     assert "Experiment.title = 'simfluence_jax quickstart" in operative  # the bundled file
-    assert "RunsConfig.num_runs = 24" in operative  # and the files it includes
+    assert "RunsConfig.num_runs = 32" in operative  # and the files it includes
