@@ -75,8 +75,11 @@ def _rollout_one(sim: Simulator, p, ids, w, s, L0) -> jax.Array:
         ids_t, w_t, t, s_t = xs
         new_state, L_new = sim.step(p, state, ids_t, w_t, t, s_t, L)
         empty = jnp.all(w_t == 0)
+        # The state keeps its initial dtypes (float64 parameters must not change the carry).
+        state = jax.tree_util.tree_map(
+            lambda old, new: jnp.where(empty, old, new).astype(old.dtype), state, new_state
+        )
         keep = partial(jnp.where, empty)
-        state = jax.tree_util.tree_map(keep, state, new_state)
         L_new = keep(L, L_new).astype(L.dtype)
         return (state, L_new), L_new
 

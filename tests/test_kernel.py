@@ -93,6 +93,8 @@ def test_true_momentum_matches_an_exact_numpy_ridge(kernel_world):
             )  # fmt: skip
             np.testing.assert_allclose(np.asarray(sim.A), A, rtol=1e-6, atol=1e-9)
             np.testing.assert_allclose(np.asarray(sim.B), B, rtol=1e-6, atol=1e-9)
+        # float64 parameters roll out (the scan's state keeps its dtype).
+        assert np.all(np.isfinite(sj.predict(sim, test)))
     # The default float32 fit predicts held-out runs as well as the exact ridge.
     sim = sj.fit_simulator("linear", fit, momentum=MU, lr_scaled=True, alpha="one_plus_sum",
                            l2=L2)  # fmt: skip
