@@ -45,7 +45,6 @@ the logs), so ``RunSet.load(path)`` and ``simfluence fit --runs path`` read it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -58,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from simfluence_jax import io as sio
 from simfluence_jax.importers import common_length
 from simfluence_jax.runs import RunSet
 
@@ -71,32 +71,11 @@ REPLAY_RTOL = 1e-4
 # Durable writes.
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+_fsync_dir = sio.fsync_dir
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, indent=1).encode())
+    sio.atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
 def _read_json(path: Path) -> Any:
