@@ -36,9 +36,8 @@ import simfluence_jax as sj
 from benchmarks.common import table, timeit, write
 from simfluence_jax import metrics
 from simfluence_jax.fitting import MOMENTUM_GRID, rollout_mse
-from simfluence_jax.sampling import sample_curricula
 from simfluence_jax.solvers import RidgeProblem, solve_ridge
-from simfluence_jax.synthetic import make_problem
+from simfluence_jax.synthetic import make_kernel_runs, make_problem, warmup_decay_schedule
 
 SIZES = {
     "tiny": dict(num_train=40, num_test=16, subset=24, epochs=2, sk_tests=16, loop_tests=16),
@@ -232,39 +231,19 @@ KERNEL_MU, KERNEL_WARMUP, KERNEL_PEAK_LR = 0.8, 8, 0.1
 
 def kernel_schedule(T: int) -> np.ndarray:
     """Linear warm-up to the peak over ``KERNEL_WARMUP`` steps, then linear decay to a tenth."""
-    t = np.arange(1, T + 1)
-    up = t / KERNEL_WARMUP
-    down = 1.0 - 0.9 * (t - KERNEL_WARMUP) / (T - KERNEL_WARMUP)
-    return (KERNEL_PEAK_LR * np.where(t <= KERNEL_WARMUP, up, down)).astype(np.float32)
+    return warmup_decay_schedule(T, warmup=KERNEL_WARMUP, peak=KERNEL_PEAK_LR)
 
 
 def kernel_world(num_runs: int, *, mu: float = KERNEL_MU, seed: int = 0) -> sj.RunSet:
-    """Runs drawn from the optimizer kernel's law (one_plus_sum form), GPTfluence-sized:
-    ``L_t = (1 + s_t A.x_t) L_{t-1} + s_t B.x_t + noise``, ``x_t = mu x_{t-1} + m(c_t)``,
-    ``s_t = eta_t / max eta``. The law of ``tests/test_kernel.py::_world`` with effects
-    divided by 4 (T is 4x longer), so the loss falls from 1-2 to about a third."""
+    """Runs drawn from the optimizer kernel's law (one_plus_sum form), GPTfluence-sized
+    (``synthetic.make_kernel_runs`` with effects divided by 4, as T is 4x longer than in
+    the tests, so the loss falls from 1-2 to about a third)."""
     cfg = SIZES["gptfluence"]
-    N, M, Bsz = cfg["num_train"], cfg["num_test"], 4
-    rng = np.random.default_rng(seed)
-    batches = sample_curricula(
-        num_runs=num_runs, pool_size=N, batch_size=Bsz, subset_size=cfg["subset"],
-        epochs=cfg["epochs"], seed=seed,
+    return make_kernel_runs(
+        num_train=cfg["num_train"], num_test=cfg["num_test"], num_runs=num_runs,
+        subset=cfg["subset"], epochs=cfg["epochs"], mu=mu, warmup=KERNEL_WARMUP,
+        effect_scale=0.25, seed=seed,
     )  # fmt: skip
-    R, T, _ = batches.shape
-    eta = kernel_schedule(T)
-    s = eta / eta.max()
-    A = -rng.uniform(0.0, 0.001, (M, N))
-    B = rng.uniform(-0.0015, 0.0005, (M, N))
-    L = np.empty((R, T + 1, M))
-    L[:, 0] = rng.uniform(1.0, 2.0, M)
-    a, b = np.zeros((R, M)), np.zeros((R, M))
-    for t in range(T):
-        counts = np.zeros((R, N))
-        np.add.at(counts, (np.arange(R)[:, None], batches[:, t]), 1.0)
-        a = mu * a + counts @ A.T
-        b = mu * b + counts @ B.T
-        L[:, t + 1] = (1 + s[t] * a) * L[:, t] + s[t] * b + 0.002 * rng.standard_normal((R, M))
-    return sj.RunSet(batches=batches, losses=L, num_train=N, learning_rates=np.tile(eta, (R, 1)))
 
 
 def run_kernel() -> list[dict]:

@@ -112,3 +112,57 @@ def make_problem(
         alpha0=alpha0, name=f"truth_{truth}",
     )  # fmt: skip
     return SyntheticProblem(runs=runs, truth=sim, noise=noise)
+
+
+def warmup_decay_schedule(T: int, *, warmup: int = 4, peak: float = 0.1) -> np.ndarray:
+    """``float32[T]``: linear warm-up to ``peak`` over ``warmup`` steps, then linear decay to
+    a tenth of it at step T."""
+    t = np.arange(1, T + 1)
+    up = t / warmup
+    down = 1.0 - 0.9 * (t - warmup) / (T - warmup)
+    return (peak * np.where(t <= warmup, up, down)).astype(np.float32)
+
+
+def make_kernel_runs(
+    *,
+    num_train: int,
+    num_test: int,
+    num_runs: int,
+    subset: int,
+    epochs: int,
+    mu: float,
+    schedule: bool = True,
+    warmup: int = 4,
+    batch_size: int = 4,
+    effect_scale: float = 1.0,
+    noise: float = 0.002,
+    seed: int = 0,
+) -> RunSet:
+    """Runs drawn from the optimizer kernel's law in the ``one_plus_sum`` form
+    (docs/design.md): ``L_t = (1 + s_t A . x_t) L_{t-1} + s_t B . x_t + noise``,
+    ``x_t = mu x_{t-1} + m(c_t)``, ``s_t = eta_t / max eta`` with a warm-up/decay schedule
+    (``schedule=True``) or a constant rate; ``A ~ -U(0, 0.004)``, ``B ~ U(-0.006, 0.002)``,
+    both times ``effect_scale``. The runs carry their learning rates."""
+    from simfluence_jax.sampling import sample_curricula as sample
+
+    rng = np.random.default_rng(seed)
+    N, M = num_train, num_test
+    batches = sample(
+        num_runs=num_runs, pool_size=N, batch_size=batch_size, subset_size=subset,
+        epochs=epochs, seed=seed,
+    )  # fmt: skip
+    R, T, _ = batches.shape
+    eta = warmup_decay_schedule(T, warmup=warmup) if schedule else np.full(T, 0.1, np.float32)
+    s = eta / eta.max()
+    A = -rng.uniform(0.0, 0.004 * effect_scale, (M, N))
+    B = rng.uniform(-0.006 * effect_scale, 0.002 * effect_scale, (M, N))
+    L = np.empty((R, T + 1, M))
+    L[:, 0] = rng.uniform(1.0, 2.0, M)
+    a, b = np.zeros((R, M)), np.zeros((R, M))
+    for t in range(T):
+        counts = np.zeros((R, N))
+        np.add.at(counts, (np.arange(R)[:, None], batches[:, t]), 1.0)
+        a = mu * a + counts @ A.T
+        b = mu * b + counts @ B.T
+        L[:, t + 1] = (1 + s[t] * a) * L[:, t] + s[t] * b + noise * rng.standard_normal((R, M))
+    return RunSet(batches=batches, losses=L, num_train=N, learning_rates=np.tile(eta, (R, 1)))

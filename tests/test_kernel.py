@@ -8,45 +8,16 @@ import pytest
 import simfluence_jax as sj
 from simfluence_jax import fitting, metrics
 from simfluence_jax.runs import RunSet
-from simfluence_jax.sampling import sample_curricula
+from simfluence_jax.synthetic import make_kernel_runs
 
 MU = 0.8
 L2 = 1e-3
 
 
-def _schedule(T: int, warmup: int = 4, peak: float = 0.1) -> np.ndarray:
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then linear decay to peak / 10."""
-    t = np.arange(1, T + 1)
-    up = t / warmup
-    down = 1.0 - 0.9 * (t - warmup) / (T - warmup)
-    return (peak * np.where(t <= warmup, up, down)).astype(np.float32)
-
-
 def _world(mu: float, schedule: bool, seed: int = 0, num_runs: int = 60):
-    """Runs from the kernel law (one_plus_sum form): ``L_t = (1 + s_t A.x_t) L_{t-1} +
-    s_t B.x_t + noise``, ``x_t = mu x_{t-1} + m(c_t)``."""
-    rng = np.random.default_rng(seed)
-    N, M, Bsz = 40, 6, 4
-    batches = sample_curricula(
-        num_runs=num_runs, pool_size=N, batch_size=Bsz, subset_size=32, epochs=3, seed=seed
-    )
-    R, T, _ = batches.shape
-    eta = _schedule(T) if schedule else np.full(T, 0.1, np.float32)
-    s = eta / eta.max()
-    A = -rng.uniform(0.0, 0.004, (M, N))
-    B = rng.uniform(-0.006, 0.002, (M, N))
-    L = np.empty((R, T + 1, M))
-    L[:, 0] = rng.uniform(1.0, 2.0, M)
-    a = np.zeros((R, M))
-    b = np.zeros((R, M))
-    for t in range(T):
-        counts = np.zeros((R, N))
-        np.add.at(counts, (np.arange(R)[:, None], batches[:, t]), 1.0)
-        a = mu * a + counts @ A.T
-        b = mu * b + counts @ B.T
-        L[:, t + 1] = (1 + s[t] * a) * L[:, t] + s[t] * b + 0.002 * rng.standard_normal((R, M))
-    rates = np.tile(eta, (R, 1))
-    return RunSet(batches=batches, losses=L, num_train=N, learning_rates=rates)
+    """Runs from the kernel law (one_plus_sum form, ``synthetic.make_kernel_runs``)."""
+    return make_kernel_runs(num_train=40, num_test=6, num_runs=num_runs, subset=32, epochs=3,
+                            mu=mu, schedule=schedule, seed=seed)  # fmt: skip
 
 
 def _numpy_ridge(runs: RunSet, mu: float, l2: float):
