@@ -60,10 +60,7 @@ def parse(argv) -> tuple[Fidelity, str, list[str] | None]:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     import gin
 
-    try:
-        gin.get_configurable("Fidelity")
-    except ValueError:
-        gin.external_configurable(Fidelity, "Fidelity")
+    cli.register_configurable(Fidelity)
     cli.parse_gin([cli.find_gin_file(f) for f in (args.gin_file or [GIN])], bindings)
     fid = gin.get_configurable("Fidelity")()
     text = gin.operative_config_str()

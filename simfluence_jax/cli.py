@@ -126,7 +126,9 @@ def register_configurable(cls, name: str | None = None) -> None:
     try:
         gin.get_configurable(name or cls.__name__)
     except ValueError:
-        gin.external_configurable(cls, name or cls.__name__)
+        # An earlier parse in the same process locks the config; registering is still fine.
+        with gin.unlock_config():
+            gin.external_configurable(cls, name or cls.__name__)
 
 
 def configured(name: str):
