@@ -124,6 +124,18 @@ def _check_number(value: Any, path: Path, line: int, what: str) -> float:
     return float(value)
 
 
+def _same_lr_presence(first, has_lr: bool, path, n: int, what: str) -> tuple[bool, int]:
+    """``(has_lr, line)`` of the first line; a ``ValueError`` if line ``n`` differs from it."""
+    if first is None:
+        return (has_lr, n)
+    if has_lr != first[0]:
+        raise _error(
+            path, n, f"learning_rate is given on some {what} and not on others (line "
+            f"{first[1]} {'has' if first[0] else 'lacks'} it)",
+        )  # fmt: skip
+    return first
+
+
 def _check_learning_rate(value: Any, path: Path, line: int) -> float:
     lr = _check_number(value, path, line, "learning_rate")
     if lr < 0:
@@ -333,15 +345,7 @@ def _read_batches(path: Path, first_step: int, last_step: int):
             raise _error(path, n, f"step {step} appears twice (also on line {found[step][0]})")
         ids = _split_ids(_get(obj, "samples_id", path, n), path, n)
         has_lr = "learning_rate" in obj
-        if with_lr is None:
-            with_lr = (has_lr, n)
-        elif has_lr != with_lr[0]:
-            raise _error(
-                path,
-                n,
-                "learning_rate is given on some lines and not on others "
-                f"(line {with_lr[1]} {'has' if with_lr[0] else 'lacks'} it)",
-            )
+        with_lr = _same_lr_presence(with_lr, has_lr, path, n, "lines")
         lr = _check_learning_rate(obj["learning_rate"], path, n) if has_lr else None
         if step <= first_step:
             found[step] = (n, ids, lr)  # before L_0: ignored
@@ -601,15 +605,7 @@ def read_long(
         step = _check_step(row["step"], curricula_path, n)
         ids = _split_ids(row["train_ids"], curricula_path, n)
         has_lr = row.get("learning_rate") not in (None, "")
-        if with_lr is None:
-            with_lr = (has_lr, n)
-        elif has_lr != with_lr[0]:
-            raise _error(
-                curricula_path,
-                n,
-                "learning_rate is given on some rows and not on "
-                f"others (line {with_lr[1]} {'has' if with_lr[0] else 'lacks'} it)",
-            )
+        with_lr = _same_lr_presence(with_lr, has_lr, curricula_path, n, "rows")
         lr = _check_learning_rate(row["learning_rate"], curricula_path, n) if has_lr else None
         steps = curricula.setdefault(run, {})
         if step in steps:
