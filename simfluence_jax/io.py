@@ -75,6 +75,11 @@ def temp_sibling(path: str | os.PathLike, tag: str = "new") -> Path:
     return path.with_name(_temp_name(path.name, tag))
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of our temporaries (``.NAME.new.PID@HOST~RANDOM``, ...)."""
+    return _TEMP.match(name) is not None
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Makes a rename inside ``path`` durable (best effort where folders cannot be opened)."""
     with contextlib.suppress(OSError):
@@ -289,6 +294,11 @@ def _read_bytes(path: Path, what: str) -> bytes:
         raise ValueError(f"{path}: {what} is a folder, not a file") from None
     except PermissionError:
         raise ValueError(f"{path}: permission denied reading the {what}") from None
+
+
+def read_bytes(path: str | os.PathLike, *, what: str = "file") -> bytes:
+    """A file's bytes; ``ValueError`` naming the file if missing, a folder or unreadable."""
+    return _read_bytes(Path(path), what)
 
 
 def read_text(path: str | os.PathLike, *, what: str = "file") -> str:

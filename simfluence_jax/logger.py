@@ -21,11 +21,17 @@ Layout (``FORMAT_VERSION`` 1)::
         start.json             L_0 and the run's learning-rate schedule, if given
         steps.jsonl            one line per step: {"step", "batch", "losses", "learning_rate"}
         COMPLETE               {"steps": T, "sha256": ...}: written last, atomically
-      meta.json, arrays.npz    the RunSet, written by close()
+      meta.json, arrays.<sha>.npz   the RunSet, written by close()
+      LOCK                     held by the one process logging to the folder
 
 Guarantees (the same as the run factory's store, ``simfluence_jax.store``, which this module
 cannot use because that store handles JAX train states):
 
+* **One writer.** The logger holds an advisory lock on ``path/LOCK`` (``simfluence_jax.locks``)
+  from construction until ``close()`` or ``release()``. A second logger on the same path, in
+  this or another process, fails at once with a ``StoreBusyError`` naming the holder (pid,
+  host, since when), or waits for it with ``wait=True``. The kernel drops the lock when its
+  process dies, so a killed job never leaves the path locked.
 * **Durable steps.** ``log_step`` appends one line and flushes and fsyncs it before it
   returns, so a killed process loses at most the step in flight. A torn last line (the step
   in flight) is cut off when the run is reopened.
@@ -39,8 +45,13 @@ cannot use because that store handles JAX train states):
   Or, if your loop restored its own checkpoint of the model, pass ``skip_logged=True`` and
   continue after them. A deterministic loop produces the same record as an uninterrupted one.
 
-``close()`` writes the run set into ``path`` itself (``meta.json`` and ``arrays.npz`` next to
-the logs), so ``RunSet.load(path)`` and ``simfluence fit --runs path`` read it.
+* **Atomic close.** ``close()`` writes the run set into ``path`` itself, next to the logs, so
+  ``RunSet.load(path)`` and ``simfluence fit --runs path`` read it: the arrays go to a new
+  file ``arrays.<sha>.npz`` first, then ``meta.json``, which names that file and its SHA-256,
+  is replaced in one rename; only then are older arrays files removed. A reader (or a kill at
+  any point) finds the old run set or the new one, never one's arrays with the other's
+  metadata. Temporaries of interrupted ``close`` and ``end_run`` calls are removed when the
+  path is next opened.
 """
 
 from __future__ import annotations
@@ -50,7 +61,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -59,6 +69,7 @@ import numpy as np
 
 from simfluence_jax import io as sio
 from simfluence_jax.importers import common_length
+from simfluence_jax.locks import FileLock
 from simfluence_jax.runs import RunSet
 
 FORMAT_NAME = "simfluence_jax.RunLogger"
@@ -168,8 +179,10 @@ class RunLogger:
         train_ids=None,
         test_ids=None,
         metadata: dict | None = None,
+        wait: bool | float = False,
     ):
         self.path = Path(path)
+        self._closed = False
         if train_ids is not None:
             train_ids = np.asarray(train_ids).tolist()
             if num_train is None:
@@ -188,6 +201,22 @@ class RunLogger:
             raise ValueError(f"train_ids has {len(train_ids)} names but num_train = {num_train}")
         if test_ids is not None and len(test_ids) != num_test:
             raise ValueError(f"test_ids has {len(test_ids)} names but num_test = {num_test}")
+        sio.make_dirs(self.path)
+        self._lock = FileLock(
+            self.path / "LOCK", what=f"the run log {self.path}", doing="logging runs"
+        ).acquire(wait=wait)
+        try:
+            self._open(settings)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.num_test = settings["num_test"]
+        self.num_train = settings["num_train"]
+        self._settings = settings
+        self._run: _OpenRun | None = None
+
+    def _open(self, settings: dict) -> None:
+        """Checks or writes ``logger.json`` and removes temporaries of interrupted writes."""
         info_file = self.path / "logger.json"
         if info_file.exists():
             info = _read_json(info_file)
@@ -210,10 +239,31 @@ class RunLogger:
                 raise ValueError(f"metadata and ids must be JSON-serialisable: {e}") from None
             (self.path / "runs").mkdir(parents=True, exist_ok=True)
             _atomic_json(info_file, {"format": FORMAT_NAME, "version": FORMAT_VERSION, **settings})
-        self.num_test = settings["num_test"]
-        self.num_train = settings["num_train"]
-        self._settings = settings
-        self._run: _OpenRun | None = None
+        # We hold the lock: every temporary here is left by a writer that is gone.
+        _remove_temporaries(self.path)
+        for run_dir in sorted((self.path / "runs").glob("run_*")):
+            _remove_temporaries(run_dir)
+
+    def release(self) -> None:
+        """Gives up the path without saving (``close()`` saves and releases); logging again
+        needs a new ``RunLogger``. Complete runs stay on disk for the next one."""
+        if self._run is not None and self._run.file is not None:
+            self._run.file.close()
+        self._run = None
+        self._closed = True
+        self._lock.release()
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(
+                f"this logger of {self.path} was closed; open a new RunLogger to log more runs"
+            )
 
     # Where things are -------------------------------------------------------------------
     def _run_dir(self, run: int) -> Path:
@@ -242,6 +292,7 @@ class RunLogger:
         Returns:
           The number of steps of this run already on disk (0 for a new run).
         """
+        self._check_open()
         if self._run is not None:
             raise ValueError(f"run {self._run.index} is still open; call end_run() first")
         L0 = _losses(initial_losses, self.num_test, "initial_losses")
@@ -294,6 +345,7 @@ class RunLogger:
             a PyTorch tensor, ``tensor.detach().cpu()``).
           learning_rate: the step's learning rate (or taken from the run's schedule).
         """
+        self._check_open()
         run = self._run
         if run is None:
             raise ValueError("no run is open; call start_run() first")
@@ -367,6 +419,7 @@ class RunLogger:
 
     def end_run(self) -> int:
         """Marks the open run complete; returns its index."""
+        self._check_open()
         run = self._run
         if run is None:
             raise ValueError("no run is open; call start_run() first")
@@ -413,6 +466,7 @@ class RunLogger:
 
         Runs a crash interrupted and nobody resumed are left out (with a warning).
         """
+        self._check_open()
         if self._run is not None:
             raise ValueError(f"run {self._run.index} is open; call end_run() before close()")
         num_runs = self.num_complete
@@ -457,15 +511,29 @@ class RunLogger:
             learning_rates=learning_rates,
         )
         self._save(runs)
+        self.release()
         return runs
 
     def _save(self, runs: RunSet) -> None:
-        """Writes the run set into ``path`` (``arrays.npz``, then ``meta.json``)."""
-        tmp = Path(tempfile.mkdtemp(prefix=".runset.", dir=self.path))
-        try:
-            saved = runs.save(tmp / "runset")
-            for name in ("arrays.npz", "meta.json"):
-                os.replace(saved / name, self.path / name)
-            _fsync_dir(self.path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        """Writes the run set into ``path``: the arrays under a new name, then ``meta.json``
+        (naming them) in one rename, then removes the arrays files it replaced."""
+        data, _ = runs.encode()
+        name = f"arrays.{hashlib.sha256(data).hexdigest()[:16]}.npz"
+        data, meta = runs.encode(name)
+        sio.atomic_write(self.path / name, data)
+        sio.atomic_write(self.path / "meta.json", sio.json_bytes(meta))
+        for old in self.path.glob("arrays*.npz"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+        _fsync_dir(self.path)
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Removes what interrupted writes left in ``folder``: ``io`` temporaries (``.NAME.new.*``
+    of ``end_run`` and ``close``) and the ``.runset.*`` folders of earlier versions' close."""
+    for entry in folder.iterdir():
+        if sio.is_temporary(entry.name) or (entry.name.startswith(".runset.") and entry.is_dir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)

@@ -11,18 +11,21 @@ evaluated on M test examples (DESIGN.md section 2):
   (what ``lr_scaled`` simulators need, DESIGN.md section 3b).
 
 Run sets are saved as a directory holding ``arrays.npz`` (plain numeric and unicode arrays,
-read with ``allow_pickle=False``) and ``meta.json`` (format version, ids, free metadata),
-written to a temporary directory first and swapped into place
-(:func:`simfluence_jax.io.replace_directory`), so a crash never leaves a half-written run
-set under the final name and a reader finds the old or the new one. Loading checks both
-files (format, version, JSON types, array dtypes and shapes) and names the file at fault.
+read with ``allow_pickle=False``) and ``meta.json`` (format version, ids, free metadata, the
+arrays file's name and SHA-256), written to a temporary directory first and swapped into
+place (:func:`simfluence_jax.io.replace_directory`), so a crash never leaves a half-written
+run set under the final name and a reader finds the old or the new one. Loading checks both
+files (format, version, JSON types, array dtypes and shapes, and that the arrays are the ones
+``meta.json`` was written with) and names the file at fault.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,9 @@ FORMAT_NAME = "simfluence_jax.RunSet"
 #: Metadata keys holding one entry per run; ``select`` and ``concatenate`` keep them aligned.
 PER_RUN_KEYS = ("runs", "seeds")
 FORMAT_VERSION = 1
+#: The arrays file of a run set folder (``meta.json`` may name another: ``arrays.<hex>.npz``).
+ARRAYS_FILE = "arrays.npz"
+_ARRAYS_NAME = re.compile(r"^arrays(\.[0-9a-f]{8,64})?\.npz$")
 
 
 def _as_id_array(values: Sequence[Any] | None, n: int, what: str) -> np.ndarray:
@@ -308,21 +314,37 @@ class RunSet:
         path = Path(path)
         if sio.resolve_directory(path).exists() and not overwrite:
             raise ValueError(f"{path} already exists; pass overwrite=True to replace it")
+        arrays, meta = self.encode()
+        files = {ARRAYS_FILE: arrays, "meta.json": sio.json_bytes(meta)}
+        with sio.replace_directory(path) as tmp:
+            sio.write_files(tmp, files)
+        return path
+
+    def encode(self, arrays_file: str = ARRAYS_FILE) -> tuple[bytes, dict]:
+        """The bytes of the arrays file and the ``meta.json`` record that names it.
+
+        ``meta.json`` holds the arrays file's name and SHA-256, so a folder whose two files
+        come from different saves is an error at load, never a silent mix. A writer that
+        cannot swap a whole folder (``RunLogger.close``) writes the arrays under a new name
+        first and then replaces ``meta.json``: that one rename commits the new record.
+        """
+        if not _ARRAYS_NAME.match(arrays_file):
+            raise ValueError(f"bad arrays file name {arrays_file!r}")
         arrays = {"batches": self.batches, "losses": self.losses}
         for key in ("train_ids", "test_ids"):
             arrays[key] = getattr(self, key)
         if self.learning_rates is not None:
             arrays["learning_rates"] = self.learning_rates
+        data = sio.npz_bytes(arrays)
         meta = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "num_train": self.num_train,
             "metadata": self.metadata,
+            "arrays_file": arrays_file,
+            "arrays_sha256": hashlib.sha256(data).hexdigest(),
         }
-        files = {"arrays.npz": sio.npz_bytes(arrays), "meta.json": sio.json_bytes(meta)}
-        with sio.replace_directory(path) as tmp:
-            sio.write_files(tmp, files)
-        return path
+        return data, meta
 
     @staticmethod
     def load(path: str | os.PathLike) -> RunSet:
@@ -335,7 +357,7 @@ class RunSet:
             arrays of the wrong dtype or shape, or contents that fail ``RunSet``'s checks.
         """
         path = sio.resolve_directory(path)
-        meta_file, arrays_file = path / "meta.json", path / "arrays.npz"
+        meta_file = path / "meta.json"
         if not path.is_dir():
             raise ValueError(f"no run set at {path}: not a directory")
         if not os.access(path, os.R_OK | os.X_OK):
@@ -343,9 +365,14 @@ class RunSet:
         meta = sio.read_json(meta_file, what="run set metadata")
         sio.check_format(meta_file, meta, name=FORMAT_NAME, version=FORMAT_VERSION, what="run set")
         sio.check_keys(
-            meta_file, meta, required=["num_train"], types={"num_train": int, "metadata": dict},
+            meta_file, meta, required=["num_train"],
+            types={"num_train": int, "metadata": dict, "arrays_file": str, "arrays_sha256": str},
             what="run set metadata",
         )  # fmt: skip
+        name = meta.get("arrays_file", ARRAYS_FILE)
+        if not _ARRAYS_NAME.match(name):
+            raise ValueError(f"{meta_file}: bad arrays file name {name!r}; the file is damaged")
+        arrays_file = path / name
         arrays = sio.read_npz(
             arrays_file,
             {
@@ -358,6 +385,13 @@ class RunSet:
             {"N": meta["num_train"]},
             what="run set arrays file",
         )
+        if "arrays_sha256" in meta:
+            data = sio.read_bytes(arrays_file, what="run set arrays file")
+            if hashlib.sha256(data).hexdigest() != meta["arrays_sha256"]:
+                raise ValueError(
+                    f"{arrays_file} does not match {meta_file} (their SHA-256 differ): the two "
+                    "files come from different saves or the arrays were changed since"
+                )
         try:
             return RunSet(
                 batches=arrays["batches"],

@@ -147,7 +147,7 @@ def test_torn_last_line_is_cut_and_the_run_replays(tmp_path):
     log.start_run(initial_losses=[2.0, 2.0, 2.0])
     for batch, losses in steps[:3]:
         log.log_step(batch, losses)
-    log._run.file.close()  # the process dies while writing step 4:
+    log.release()  # the process dies while writing step 4 (the kernel drops its lock):
     steps_file = tmp_path / "runs" / "run_000001" / "steps.jsonl"
     with open(steps_file, "ab") as f:
         f.write(b'{"step": 4, "batch": [3, ')
@@ -175,7 +175,7 @@ def test_skip_logged_steps_when_the_loop_restores_its_own_checkpoint(tmp_path):
     log.start_run(initial_losses=[1.0, 1.0, 1.0])
     for batch, losses in steps[:2]:
         log.log_step(batch, losses, learning_rate=0.5)
-    log._run.file.close()
+    log.release()  # the process dies
     log = RunLogger(tmp_path, num_test=3)
     assert log.start_run(initial_losses=[1.0, 1.0, 1.0], skip_logged=True) == 2
     for batch, losses in steps[2:]:
@@ -233,6 +233,7 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="run 0 is open; call end_run"):
         log.close()
     log.end_run()
+    log.release()
     with pytest.raises(ValueError, match=r"was logged with num_test = 2, not 3"):
         RunLogger(tmp_path, num_test=3, num_train=5)
     with pytest.raises(ValueError, match="holds no complete run"):
@@ -249,7 +250,7 @@ def test_different_lengths_need_pad_and_interrupted_runs_are_left_out(tmp_path):
         log.close()
     log.start_run(initial_losses=[1.0] * 3)  # interrupted, never resumed
     log.log_step([1], [0.5] * 3)
-    log._run.file.close()
+    log.release()  # the process dies
     log = RunLogger(tmp_path, num_test=3, num_train=10)
     with pytest.warns(RuntimeWarning, match="run 2 .* was interrupted and is left out"):
         runs = log.close(pad=True)
@@ -267,3 +268,119 @@ def test_a_run_damaged_after_it_ended_is_detected(tmp_path):
     steps_file.write_text("\n".join([json.dumps(step), *lines[1:]]) + "\n")
     with pytest.raises(ValueError, match="does not match its completion checksum"):
         log.close()
+
+
+# One writer, atomic close ---------------------------------------------------------------------
+
+
+def test_a_second_process_on_a_log_in_use_is_refused_and_the_first_record_is_whole(tmp_path):
+    slow = subprocess.Popen(
+        [sys.executable, str(WORKER), "--log", str(tmp_path / "log"), "--sleep", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert slow.stdout.readline().strip() == "logging"
+        second = _worker(tmp_path / "log")
+        assert second.returncode != 0
+        last = second.stderr.strip().splitlines()[-1]
+        assert "StoreBusyError" in last and f"pid {slow.pid}" in last, last
+        assert "logging runs" in last and "wait=True" in last
+        out, err = slow.communicate(timeout=300)
+    finally:
+        slow.kill()
+    assert slow.returncode == 0, err[-3000:]
+    whole = _worker(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = RunSet.load(tmp_path / "whole"), RunSet.load(tmp_path / "log")
+    assert b.num_runs == 6
+    np.testing.assert_array_equal(a.batches, b.batches)
+    np.testing.assert_array_equal(a.losses, b.losses)
+    np.testing.assert_array_equal(a.learning_rates, b.learning_rates)
+
+
+def test_one_logger_per_path_in_a_process_and_waiting_for_it(tmp_path):
+    import os
+    import threading
+
+    from simfluence_jax.locks import StoreBusyError
+
+    first = RunLogger(tmp_path, num_test=3, num_train=10)
+    busy = rf"run log {re.escape(str(tmp_path))} .*pid {os.getpid()}"
+    with pytest.raises(StoreBusyError, match=busy):
+        RunLogger(tmp_path, num_test=3, num_train=10)
+    _log_run(first, [1.0] * 3, _steps(0))  # the refused one changed nothing
+    timer = threading.Timer(0.5, first.release)
+    timer.start()
+    second = RunLogger(tmp_path, num_test=3, num_train=10, wait=30)
+    timer.join()
+    assert second.num_complete == 1
+    with pytest.raises(ValueError, match="was closed; open a new RunLogger"):
+        first.start_run([1.0] * 3)
+    runs = second.close()
+    assert runs.num_runs == 1
+    with pytest.raises(ValueError, match="was closed"):
+        second.close()
+    with RunLogger(tmp_path, num_test=3, num_train=10) as third:  # close released the lock
+        assert third.num_complete == 1
+    RunLogger(tmp_path, num_test=3, num_train=10).release()  # and so did the with block
+
+
+CLOSE_KILLED = """
+import os, signal
+import numpy as np
+from simfluence_jax.logger import RunLogger
+log = RunLogger({path!r}, num_test=3, num_train=10)
+rng = np.random.default_rng(7)
+for _ in range(2):
+    log.start_run(initial_losses=[1.0, 1.0, 1.0])
+    for t in range(5):
+        log.log_step(rng.integers(0, 10, 2), rng.random(3) + 0.1)
+    log.end_run()
+calls = []
+real_replace = os.replace
+def replace(src, dst):
+    calls.append(dst)
+    if len(calls) == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+os.replace = replace
+log.close()
+"""
+
+
+@pytest.mark.parametrize("kill_at", [1, 2])
+def test_a_kill_inside_close_leaves_the_old_record_and_the_next_open_cleans_up(tmp_path, kill_at):
+    old = RunLogger(tmp_path, num_test=3, num_train=10)
+    _log_run(old, [1.0] * 3, _steps(0))
+    _log_run(old, [1.0] * 3, _steps(1))
+    old_runs = old.close()
+    killed = _python(CLOSE_KILLED.format(path=str(tmp_path), kill_at=kill_at), tmp_path)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temporaries were left
+    _assert_loads_as(tmp_path, old_runs)  # the old record whole, not a mix
+
+    log = RunLogger(tmp_path, num_test=3, num_train=10)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    new_runs = log.close()
+    assert new_runs.num_runs == 4
+    _assert_loads_as(tmp_path, new_runs)
+    assert len(list(tmp_path.glob("arrays*.npz"))) == 1
+
+
+def test_a_folder_whose_arrays_and_metadata_disagree_is_refused(tmp_path):
+    log = RunLogger(tmp_path / "a", num_test=3, num_train=10)
+    _log_run(log, [1.0] * 3, _steps(0))
+    one = log.close()
+    log = RunLogger(tmp_path / "a", num_test=3, num_train=10)
+    _log_run(log, [1.0] * 3, _steps(1))
+    _log_run(log, [1.0] * 3, _steps(2))
+    log.close()
+    # What the old close() could leave: the arrays of one save next to the metadata of another.
+    one.save(tmp_path / "b")
+    (tmp_path / "a" / "meta.json").write_bytes((tmp_path / "b" / "meta.json").read_bytes())
+    with pytest.raises(ValueError, match=r"arrays.npz: run set arrays file is missing"):
+        RunSet.load(tmp_path / "a")
+    arrays = next((tmp_path / "a").glob("arrays.*.npz"))
+    arrays.rename(tmp_path / "a" / "arrays.npz")
+    with pytest.raises(ValueError, match=r"arrays.npz does not match .*meta.json"):
+        RunSet.load(tmp_path / "a")
