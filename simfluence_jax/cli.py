@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simfluence_jax import io as sio
+from simfluence_jax.locks import StoreBusyError
 from simfluence_jax.pipeline import config as cfgs
 
 
@@ -114,9 +116,18 @@ def parse_gin(gin_files, bindings) -> None:
     try:
         gin.parse_config_files_and_bindings([str(f) for f in gin_files], list(bindings))
     except (ValueError, KeyError, SyntaxError, ImportError, OSError) as e:
-        raise ValueError(f"bad gin configuration: {e}") from None
+        raise ValueError(f"bad gin configuration: {_one_line(e)}") from None
     finally:
         logging.getLogger().removeFilter(quiet)
+
+
+def _one_line(err: BaseException) -> str:
+    """gin's message on one line: its first line, then where (``In bindings string line 1``
+    and the binding itself) in parentheses."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(err).__name__
+    return f"{lines[0]} ({'; '.join(lines[1:])})"
 
 
 def register_configurable(cls, name: str | None = None) -> None:
@@ -207,6 +218,21 @@ def operative_config() -> str:
     return _gin().config_str()
 
 
+def _claim(args, out, *, kind: str = "folder", overwrite: bool = False, shared: bool = False):
+    """Claims output folder ``out`` for this command (``simfluence_jax.outputs.claim``):
+    locked before anything is written, refused if it holds files we did not write."""
+    from simfluence_jax import outputs
+
+    return outputs.claim(
+        out, command=f"simfluence {args.command}", kind=kind, overwrite=overwrite,
+        wait=getattr(args, "wait", False), shared=shared,
+    )  # fmt: skip
+
+
+def _write_operative_config(out: Path) -> None:
+    sio.atomic_write(out / "operative_config.gin", operative_config())
+
+
 # ------------------------------------------------------------------------------------------
 # Subcommands.
 
@@ -217,11 +243,11 @@ def cmd_run(args) -> Path:
     from simfluence_jax.pipeline.experiment import run_experiment
 
     runs_cfg, fit_cfg, cf_cfg, exp = configs()
-    out = Path(args.out or exp.output_dir)
-    result = run_experiment(
-        runs_cfg, fit_cfg, cf_cfg, out_dir=out, config_text=operative_config(), title=exp.title,
-        progress=not args.no_progress,
-    )  # fmt: skip
+    with _claim(args, args.out or exp.output_dir) as out:
+        result = run_experiment(
+            runs_cfg, fit_cfg, cf_cfg, out_dir=out, config_text=operative_config(),
+            title=exp.title, progress=not args.no_progress,
+        )  # fmt: skip
     from simfluence_jax.evaluation import format_table
 
     print(format_table(result.table))
@@ -236,21 +262,21 @@ def cmd_generate(args) -> Path:
     from simfluence_jax.pipeline.generate import generate_runs, store_name
 
     runs_cfg, _, _, exp = configs()
-    out = Path(args.out or exp.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "operative_config.gin").write_text(operative_config())
-    runs = generate_runs(
-        runs_cfg, out / store_name(runs_cfg), config_text=operative_config(),
-        progress=not args.no_progress, process_index=args.process_index,
-        process_count=args.process_count,
-    )  # fmt: skip
-    if args.process_count > 1:
-        print(
-            f"process {args.process_index}: {runs.num_runs} runs complete so far; run "
-            "`simfluence generate` once more without --process_count when all are done"
-        )
-        return out
-    path = runs.save(out / "runset", overwrite=True)
+    # The processes of one multi-process job share the folder; anyone else is kept out.
+    with _claim(args, args.out or exp.output_dir, shared=args.process_count > 1) as out:
+        _write_operative_config(out)
+        runs = generate_runs(
+            runs_cfg, out / store_name(runs_cfg), config_text=operative_config(),
+            progress=not args.no_progress, process_index=args.process_index,
+            process_count=args.process_count,
+        )  # fmt: skip
+        if args.process_count > 1:
+            print(
+                f"process {args.process_index}: {runs.num_runs} runs complete so far; run "
+                "`simfluence generate` once more without --process_count when all are done"
+            )
+            return out
+        path = runs.save(out / "runset", overwrite=True)
     print(f"{runs} saved to {path}")
     return path
 
@@ -282,11 +308,11 @@ def cmd_fit(args) -> Path:
     skipped = [n for n in fit_cfg.simulators if needs[n]]
     if skipped:
         print(f"note: {', '.join(skipped)} need gradients or features; use `simfluence run`")
-    sims = fit_simulators(dataclasses.replace(fit_cfg, simulators=names), fit, val)
-    out = Path(args.out)
-    for name, sim in sims.items():
-        save_simulator(sim, out / name)
-    (out / "operative_config.gin").write_text(operative_config())
+    with _claim(args, args.out) as out:
+        sims = fit_simulators(dataclasses.replace(fit_cfg, simulators=names), fit, val)
+        for name, sim in sims.items():
+            save_simulator(sim, out / name)
+        _write_operative_config(out)
     print(f"fitted {', '.join(sims)} on {fit.num_runs} runs; saved to {out}")
     return out
 
@@ -326,7 +352,7 @@ def cmd_evaluate(args) -> dict:
     table = evaluate_all(_load_sims(args.simulators), heldout)
     print(format_table(table))
     if args.out:
-        Path(args.out).write_text(json.dumps(table, indent=1))
+        sio.atomic_write(args.out, json.dumps(table, indent=1))
     return table
 
 
@@ -418,7 +444,7 @@ def cmd_simulate(args) -> np.ndarray:
         header = "curriculum,step," + ",".join(f"test_{j}" for j in range(traj.shape[-1]))
         rows = [f"{c},{t}," + ",".join(f"{v:.6g}" for v in traj[c, t])
                 for c in range(2) for t in range(traj.shape[1])]  # fmt: skip
-        Path(args.out).write_text(header + "\n" + "\n".join(rows) + "\n")
+        sio.atomic_write(args.out, header + "\n" + "\n".join(rows) + "\n")
         print(f"trajectories written to {args.out}")
     return traj
 
@@ -428,14 +454,12 @@ def cmd_import(args) -> Path:
     Returns the saved folder."""
     from simfluence_jax.importers import read_gptfluence, read_long
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"{out} already exists; pass --overwrite to replace it")
-    if args.format == "gptfluence":
-        runs = read_gptfluence(args.run_dirs, pad=args.pad)
-    else:
-        runs = read_long(args.losses, args.curricula, pad=args.pad)
-    path = runs.save(out, overwrite=args.overwrite)
+    with _claim(args, args.out, kind="runset", overwrite=args.overwrite) as out:
+        if args.format == "gptfluence":
+            runs = read_gptfluence(args.run_dirs, pad=args.pad)
+        else:
+            runs = read_long(args.losses, args.curricula, pad=args.pad)
+        path = runs.save(out, overwrite=True)  # claimed: ours to replace, or new
     print(f"{runs} imported and saved to {path}")
     print(f"next: simfluence fit --runs {path} --out sims/")
     return path
@@ -454,23 +478,32 @@ def cmd_report(args) -> Path:
     _, _, heldout = _split(runs, fit_cfg)
     if heldout is None:
         raise ValueError("the split leaves no held-out runs (FitConfig.num_heldout = 0)")
-    if args.simulators:
-        sims = _load_sims(args.simulators)
-    else:
-        fit_dir = Path(args.out) / "simulators"
-        cmd_fit(argparse.Namespace(runs=args.runs, out=fit_dir))
-        sims = _load_sims(fit_dir)
-    out = write_report(
-        args.out, heldout=heldout,
-        predictions={n: predict(s, heldout) for n, s in sims.items()},
-        groups={n: simulator_group(n) for n in sims}, config_text=operative_config(),
-        title=exp.title,
-    )  # fmt: skip
+    with _claim(args, args.out) as claimed:
+        if args.simulators:
+            sims = _load_sims(args.simulators)
+        else:
+            fit_dir = claimed / "simulators"
+            cmd_fit(argparse.Namespace(runs=args.runs, out=fit_dir, wait=False, command="fit"))
+            sims = _load_sims(fit_dir)
+        out = write_report(
+            claimed, heldout=heldout,
+            predictions={n: predict(s, heldout) for n, s in sims.items()},
+            groups={n: simulator_group(n) for n in sims}, config_text=operative_config(),
+            title=exp.title,
+        )  # fmt: skip
     print(f"Report: {Path(out) / 'report.md'}")
     return Path(out)
 
 
 # ------------------------------------------------------------------------------------------
+
+
+def _add_wait(sp) -> None:
+    sp.add_argument(
+        "--wait", nargs="?", const=True, default=False, type=float, metavar="SECONDS",
+        help="if another process writes --out, wait for it (at most SECONDS) instead of "
+        "stopping",
+    )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -497,6 +530,7 @@ def _parser() -> argparse.ArgumentParser:
              f"simfluence run --gin_file {q}")  # fmt: skip
     sp.add_argument("--out", help="output folder (default: Experiment.output_dir)")
     sp.add_argument("--no_progress", action="store_true", help="no progress bars")
+    _add_wait(sp)
 
     sp = add("generate", cmd_generate, "Make (or resume) training runs into a run store.",
              f"simfluence generate --gin_file {q} --out runs/")  # fmt: skip
@@ -504,11 +538,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--no_progress", action="store_true")
     sp.add_argument("--process_index", type=int, default=0, help="this process (multi-host)")
     sp.add_argument("--process_count", type=int, default=1, help="processes sharing the store")
+    _add_wait(sp)
 
     sp = add("fit", cmd_fit, "Fit the simulators of FitConfig on a saved run set.",
              "simfluence fit --runs runs/runset --out sims/")  # fmt: skip
     sp.add_argument("--runs", required=True, help="a saved RunSet folder")
     sp.add_argument("--out", required=True, help="folder for the fitted simulators")
+    _add_wait(sp)
 
     sp = add("evaluate", cmd_evaluate, "Score saved simulators on the held-out runs.",
              "simfluence evaluate --runs runs/runset --simulators sims/")  # fmt: skip
@@ -552,13 +588,18 @@ def _parser() -> argparse.ArgumentParser:
         fp.add_argument(
             "--pad", action="store_true", help="cut runs of different lengths to the shortest"
         )
-        fp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+        fp.add_argument(
+            "--overwrite", action="store_true",
+            help="replace --out if it holds a run set saved by simfluence_jax (nothing else)",
+        )  # fmt: skip
+        _add_wait(fp)
 
     sp = add("report", cmd_report, "Write the report (tables, plots) for a saved run set.",
              "simfluence report --runs runs/runset --out report/")  # fmt: skip
     sp.add_argument("--runs", required=True)
     sp.add_argument("--simulators", help="saved simulators (default: fit them now)")
     sp.add_argument("--out", required=True)
+    _add_wait(sp)
     return p
 
 
@@ -567,8 +608,11 @@ def _error_line(err: BaseException) -> str | None:
     import errno
     import tokenize
 
-    from simfluence_jax import io as sio
-
+    if isinstance(err, StoreBusyError):
+        return (
+            f"{err.what} is being written by another process: {err.who}. Only one writer at "
+            "a time: wait for it to finish (or pass --wait to wait for it), or stop it first"
+        )
     if isinstance(err, tokenize.TokenError):
         return f"bad gin configuration: unbalanced parenthesis or bracket ({err.args[0]})"
     if isinstance(err, ValueError):
@@ -595,6 +639,9 @@ def main(argv=None) -> int:
     debug = "--debug" in rest
     rest = [a for a in rest if a != "--debug"]
     args = _parser().parse_args(rest)
+    if isinstance(getattr(args, "out", None), str) and args.command in ("run", "generate"):
+        # --out is the output folder: it satisfies a config's required Experiment.output_dir.
+        bindings.append(f"Experiment.output_dir = {args.out!r}")
     try:
         parse_gin(args.gin_file, bindings)
         args.fn(args)

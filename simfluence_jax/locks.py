@@ -26,7 +26,18 @@ from simfluence_jax import io as sio
 
 
 class StoreBusyError(ValueError):
-    """Another process holds the lock (it is writing the same store or run)."""
+    """Another process holds the lock (it is writing the same store, run or folder).
+
+    ``what`` names the locked thing and ``who`` its holders, so that an entry point can
+    phrase the advice in its own terms (the command line says ``--wait``, not ``wait=True``).
+    """
+
+    def __init__(self, what: str, who: str, *, wait_hint: str = "pass wait=True to wait"):
+        self.what, self.who = what, who
+        super().__init__(
+            f"{what} is being written by another process: {who}. Only one writer at a time: "
+            f"wait for it to finish (or {wait_hint}), or stop it first"
+        )
 
 
 def _describe(line: dict) -> str:
@@ -80,10 +91,7 @@ class FileLock:
     def _busy(self) -> StoreBusyError:
         others = self.holders()
         who = "; ".join(_describe(h) for h in others) if others else "another process"
-        return StoreBusyError(
-            f"{self.what} is being written by another process: {who}. Only one writer at a "
-            "time: wait for it to finish (or pass wait=True to wait), or stop it first"
-        )
+        return StoreBusyError(self.what, who)
 
     def _line(self, mode: str) -> bytes:
         since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

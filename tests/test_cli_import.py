@@ -81,7 +81,7 @@ def test_import_accepts_run_dirs_or_a_glob_and_refuses_to_overwrite(logged):
     assert runs.metadata["runs"] == dirs and runs.metadata["first_step"] == 1
     again = _run("import", "gptfluence", *dirs, "--out", str(tmp / "d"))
     assert again.returncode == 1
-    assert "already exists; pass --overwrite" in again.stderr
+    assert "already holds a run set; pass --overwrite" in again.stderr
     assert cli.main(["import", "gptfluence", *dirs, "--out", str(tmp / "d"), "--overwrite"]) == 0
 
 
