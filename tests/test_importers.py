@@ -7,6 +7,7 @@ the source, and one test per kind of malformed input asserting the ValueError's 
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -385,4 +386,128 @@ def test_long_form_jsonl_truncation_and_mixed_ids(tmp_path, source):
     n = len(text.splitlines())
     _raises(rf"losses.jsonl:{n}: not valid JSON .*truncated line\?", read_long, losses, curricula)
     losses.write_text(text.replace('"test_id": 0', '"test_id": "0"'))
-    _raises(r"losses.jsonl: test ids mix integers and strings", read_long, losses, curricula)
+    _raises(r"losses.jsonl:5: test ids mix integers and strings \('0' here, 4 at .*"
+            r"losses.jsonl:1\)", read_long, losses, curricula)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Ids are never guessed: spellings of one integer, duplicates, one directory twice.
+
+
+def _tiny_long(folder: Path, test_ids=("1", "2"), batches=("1;2", "3;4"), suffix="csv", bom=""):
+    """One run of two steps in long-form CSV; test and training ids spelled as given."""
+    losses, curricula = folder / f"losses.{suffix}", folder / f"curricula.{suffix}"
+    rows = [f"r,{t},{tid},{1.0 / (t + 1 + j)}" for t in range(3) for j, tid in enumerate(test_ids)]
+    losses.write_text(bom + "run,step,test_id,loss\n" + _join(rows))
+    rows = [f"r,{t + 1},{batch}" for t, batch in enumerate(batches)]
+    curricula.write_text(bom + "run,step,train_ids\n" + _join(rows))
+    return losses, curricula
+
+
+@pytest.mark.parametrize(("one", "other"), [("1", "01"), ("7", "+7"), ("0", "-0")])
+def test_long_form_ids_that_spell_one_integer_are_an_error(tmp_path, one, other):
+    files = _tiny_long(tmp_path, batches=(f"{one};2", f"{other};4"))
+    _raises(rf"curricula.csv:3: training id '{re.escape(other)}' and training id '{one}' \(at "
+            r".*curricula.csv:2\) spell the same integer", read_long, *files)  # fmt: skip
+    files = _tiny_long(tmp_path, test_ids=(one, other))
+    _raises(rf"losses.csv:3: test id '{re.escape(other)}' and test id '{one}' \(at "
+            r".*losses.csv:2\) spell the same integer", read_long, *files)  # fmt: skip
+
+
+def test_json_strings_with_spaces_spell_the_same_integer(tmp_path):
+    _, curricula = _tiny_long(tmp_path)
+    losses = tmp_path / "losses.jsonl"
+    rows = [{"run": "r", "step": t, "test_id": tid, "loss": 1.0} for t in range(3)
+            for tid in ("3", " 3")]  # fmt: skip
+    losses.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    _raises(r"losses.jsonl:2: test id ' 3' and test id '3' \(at .*losses.jsonl:1\)", read_long,
+            losses, curricula)  # fmt: skip
+
+
+def test_long_form_ids_become_integers_only_when_all_are_canonical(tmp_path):
+    runs = read_long(*_tiny_long(tmp_path, batches=("10;2", "3;-4")))
+    assert runs.train_ids.tolist() == [-4, 2, 3, 10] and runs.test_ids.tolist() == [1, 2]
+    runs = read_long(*_tiny_long(tmp_path, test_ids=("01", "2"), batches=("10;02", "3;4")))
+    assert runs.train_ids.tolist() == ["02", "10", "3", "4"]  # strings, sorted as strings
+    assert runs.test_ids.tolist() == ["01", "2"]
+    # A pool of strings keeps canonical spellings as strings.
+    runs = read_long(*_tiny_long(tmp_path), train_ids=["4", "3", "2", "1"])
+    assert runs.train_ids.tolist() == ["4", "3", "2", "1"]
+    np.testing.assert_array_equal(runs.batches[0], [[3, 2], [1, 0]])
+
+
+def test_duplicate_and_all_duplicate_ids_are_an_error(tmp_path, source):
+    files = _tiny_long(tmp_path)
+    _raises(r"train_ids holds 1 twice \(entries 0 and 3\)", read_long, *files,
+            train_ids=[1, 2, 3, 1, 4])  # fmt: skip
+    _raises(r"train_ids holds 5 twice \(entries 0 and 1\)", read_long, *files,
+            train_ids=[5, 5, 5])  # fmt: skip
+    _raises(r"test_ids holds 2 twice", read_long, *files, test_ids=[2, 2])
+    files = _tiny_long(tmp_path, test_ids=("9", "9"))
+    _raises(r"losses.csv:3: run 'r', step 0, test example '9' appears twice \(also on line 2\)",
+            read_long, *files)  # fmt: skip
+    run_dir = write_gptfluence(source.select([0]), tmp_path / "g")[0]
+    _edit_lines(run_dir / GPTFLUENCE_LOSSES, lambda lines: [lines[0].replace('"id": 0', '"id": 1'),
+                *lines[1:]])  # fmt: skip
+    _raises(rf"{GPTFLUENCE_LOSSES}:2: test example 1 appears twice \(also on line 1\)",
+            read_gptfluence, [run_dir])  # fmt: skip
+
+
+def test_test_ids_order_and_batch_size_can_be_given(tmp_path):
+    files = _tiny_long(tmp_path)
+    runs = read_long(*files, test_ids=[2, 1], batch_size=5)
+    assert runs.test_ids.tolist() == [2, 1] and runs.batch_size == 5
+    np.testing.assert_array_equal(runs.losses, read_long(*files).losses[:, :, ::-1])
+    _raises(r"losses.csv: test example 2 is logged but not in test_ids", read_long, *files,
+            test_ids=[1])  # fmt: skip
+    _raises(r"losses.csv: test_ids holds 3, which run 'r' does not log", read_long, *files,
+            test_ids=[1, 2, 3])  # fmt: skip
+    _raises(r"curricula.csv:2: the batch has 2 ids, more than batch_size = 1", read_long, *files,
+            batch_size=1)  # fmt: skip
+
+
+def test_one_run_directory_twice_is_an_error(tmp_path, source):
+    dirs = write_gptfluence(source.select([0, 1]), tmp_path / "g")
+    _raises(rf"run_000: the same run directory as {dirs[0]}, given twice", read_gptfluence,
+            [dirs[0], dirs[1], dirs[0]])  # fmt: skip
+    (tmp_path / "link").symlink_to(dirs[1])
+    _raises(rf"link: the same run directory as {dirs[1]}, reached twice", read_gptfluence,
+            [*dirs, tmp_path / "link"])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Text as other tools write it: a byte-order mark, very long fields, huge numbers.
+
+
+def test_a_byte_order_mark_is_accepted_in_both_formats(tmp_path, source):
+    plain = read_long(*_tiny_long(tmp_path))
+    _assert_same(read_long(*_tiny_long(tmp_path, bom="\ufeff")), plain)
+    losses, curricula = _write_long_jsonl(source.select([0]), tmp_path)
+    expected = read_long(losses, curricula)
+    for path in (losses, curricula):
+        path.write_text("\ufeff" + path.read_text())
+    _assert_same(read_long(losses, curricula), expected)
+    dirs = write_gptfluence(source.select([0, 1]), tmp_path / "g")
+    for name in (GPTFLUENCE_BATCHES, GPTFLUENCE_LOSSES):
+        path = dirs[1] / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    _assert_same(read_gptfluence(dirs, train_ids=source.train_ids), source.select([0, 1]))
+
+
+def test_a_batch_of_200k_ids_in_csv(tmp_path):
+    ids = ";".join(str(i) for i in range(200_000))
+    runs = read_long(*_tiny_long(tmp_path, batches=(ids, "3")))
+    assert runs.batches.shape == (1, 2, 200_000) and runs.num_train == 200_000
+    np.testing.assert_array_equal(runs.batches[0, 0], np.arange(200_000))
+
+
+def test_a_loss_float32_cannot_hold_names_the_file_and_line(tmp_path, source):
+    losses, curricula = _tiny_long(tmp_path)
+    _edit_lines(losses, lambda lines: [*lines[:3], "r,1,2,1e300", *lines[4:]])
+    _raises(r"losses.csv:4: the loss of test example '2' is 1e\+300, beyond float32's range",
+            read_long, losses, curricula)  # fmt: skip
+    run_dir = write_gptfluence(source.select([0]), tmp_path / "g")[0]
+    path = run_dir / GPTFLUENCE_LOSSES
+    path.write_text(re.sub(r'"loss": [^,}]+', '"loss": -1e300', path.read_text(), count=1))
+    _raises(rf"run_000/{GPTFLUENCE_LOSSES}:1: the loss of test example 0 at step 0 is -1e\+300",
+            read_gptfluence, [run_dir])  # fmt: skip
