@@ -57,17 +57,21 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from simfluence_jax.runs import RunSet
+from simfluence_jax import io as sio
+from simfluence_jax.runs import PER_RUN_KEYS, RunSet
 
 GPTFLUENCE_BATCHES = "train_samples_id.json"
 GPTFLUENCE_LOSSES = "all_loss_trajectory.out"
+#: What :func:`write_gptfluence` writes beside the runs: the pool, test ids, B, metadata.
+GPTFLUENCE_MANIFEST = "simfluence_manifest.json"
+MANIFEST_FORMAT = "simfluence_jax.gptfluence"
+MANIFEST_VERSION = 1
 LOSS_COLUMNS = ("run", "step", "test_id", "loss")
 CURRICULUM_COLUMNS = ("run", "step", "train_ids")
 
@@ -482,9 +486,12 @@ def read_gptfluence(
         the order of the first run's file.
       batch_size: the batch width B (at least the widest batch). Defaults to the widest.
 
-    Ids are compared as the JSON files hold them (``1`` and ``"1"`` are different kinds, an
-    error). The same directory given twice, or reached twice through a symbolic link, is an
-    error.
+    Run directories written by :func:`write_gptfluence` into one folder are read back
+    exactly: its manifest gives the pool (unused ids included), the order of the test ids,
+    the batch width and the metadata, unless ``train_ids`` is given. Other directories are
+    read as their files say. Ids are compared as the JSON files hold them (``1`` and ``"1"``
+    are different kinds, an error). The same directory given twice, or reached twice through
+    a symbolic link, is an error.
 
     Returns:
       A validated ``RunSet``; ``metadata`` holds ``source``, ``runs`` (the directories) and
@@ -501,9 +508,22 @@ def read_gptfluence(
     found = find_run_dirs(run_dirs)
     _check_distinct(found)
     runs = [_read_gptfluence_run(d) for d in found]
+    described = _manifest_for(found) if train_ids is None else None
+    metadata = None
+    if described is not None:
+        _, manifest = described
+        train_ids = manifest["train_ids"]
+        test_ids = manifest["test_ids"] if test_ids is None else test_ids
+        batch_size = manifest["batch_size"] if batch_size is None else batch_size
+        metadata = dict(manifest.get("metadata", {}))
+        index = [manifest["runs"].index(d.name) for d in found]
+        for key in PER_RUN_KEYS:
+            values = metadata.get(key)
+            if isinstance(values, list) and len(values) == len(manifest["runs"]):
+                metadata[key] = [values[k] for k in index]
     return _assemble(
         runs, pad=pad, train_ids=train_ids, test_ids=test_ids, batch_size=batch_size,
-        source="gptfluence",
+        source="gptfluence", metadata=metadata,
     )  # fmt: skip
 
 
@@ -557,70 +577,169 @@ def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def write_gptfluence(
-    runs: RunSet, out_dir: str | os.PathLike, *, first_step: int = 0
+    runs: RunSet, out_dir: str | os.PathLike, *, first_step: int = 0, overwrite: bool = False
 ) -> list[Path]:
-    """Writes a ``RunSet`` as GPTfluence run directories ``out_dir/run_000``, ...
+    """Writes a ``RunSet`` as GPTfluence run directories ``out_dir/run_000``, ..., and a
+    manifest ``out_dir/simfluence_manifest.json`` that lets :func:`read_gptfluence` give
+    back exactly this run set.
 
     Ids are written by name (``train_ids[i]``, ``test_ids[j]``), padding is dropped, losses
     are written as exact decimal forms of their float32 values, and the learning rates, when
-    the run set has them, go to ``train_samples_id.json`` as ``learning_rate``.
+    the run set has them, go to ``train_samples_id.json`` as ``learning_rate``. The manifest
+    holds what the run directories cannot: the pool (``train_ids`` in order, unused ones
+    included), the ``test_ids`` in order, the batch width B and the metadata.
+
+    The folder is written whole into a temporary sibling and swapped in
+    (:func:`simfluence_jax.io.replace_directory`); files follow the umask.
 
     Args:
-      runs: the run set.
-      out_dir: the parent directory (created).
+      runs: the run set (its ``train_ids`` and ``test_ids`` distinct).
+      out_dir: the folder (created); it must be new or empty, or, with ``overwrite``,
+        hold only what this function wrote there before.
       first_step: the step at which L_0 is logged: 0 (the losses of the starting model), or
         1 as GPTfluence's published runs (L_0 is then the loss after step 1 and the
         curriculum starts at step 2; no batch is written for step 1).
+      overwrite: replace a folder this function wrote. A folder holding anything else (no
+        manifest, or a file the manifest does not list) is never replaced.
 
     Returns:
       The run directories, in run order.
+
+    Raises:
+      ValueError: the folder is not empty (without ``overwrite``) or holds files this
+        function did not write, or ids of the run set repeat.
     """
     if first_step < 0:
         raise ValueError(f"first_step must be >= 0, got {first_step}")
     out = Path(out_dir)
-    train_ids = runs.train_ids.tolist()
-    test_ids = runs.test_ids.tolist()
+    train_ids = _id_list(runs.train_ids, "the run set's train_ids")
+    test_ids = _id_list(runs.test_ids, "the run set's test_ids")
+    _check_replaceable(out, overwrite=overwrite)
     width = max(3, len(str(runs.num_runs - 1)))
-    dirs = []
-    for r in range(runs.num_runs):
-        run_dir = out / f"run_{r:0{width}d}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for t in range(runs.num_steps):
-            entry: dict[str, Any] = {
-                "step": first_step + t + 1,
-                "samples_id": [train_ids[i] for i in runs.batches[r, t] if i >= 0],
-            }
-            if runs.learning_rates is not None:
-                entry["learning_rate"] = float(runs.learning_rates[r, t])
-            lines.append(json.dumps(entry))
-        _write_text(run_dir / GPTFLUENCE_BATCHES, "\n".join(lines) + "\n")
-        steps = range(first_step, first_step + runs.num_steps + 1)
-        lines = [
-            json.dumps(
-                {
+    names = [f"run_{r:0{width}d}" for r in range(runs.num_runs)]
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "runs": names,
+        "train_ids": train_ids,
+        "test_ids": test_ids,
+        "batch_size": runs.batch_size,
+        "first_step": first_step,
+        "metadata": runs.metadata,
+    }
+    steps = range(first_step, first_step + runs.num_steps + 1)
+    with sio.replace_directory(out) as tmp:
+        for r, name in enumerate(names):
+            lines = []
+            for t in range(runs.num_steps):
+                entry: dict[str, Any] = {
+                    "step": first_step + t + 1,
+                    "samples_id": [train_ids[i] for i in runs.batches[r, t] if i >= 0],
+                }
+                if runs.learning_rates is not None:
+                    entry["learning_rate"] = float(runs.learning_rates[r, t])
+                lines.append(json.dumps(entry))
+            trajectories = [
+                json.dumps({
                     "id": tid,
                     "loss_trajectory": [
                         {"step": s, "loss": float(x)} for s, x in zip(steps, runs.losses[r, :, j])
                     ],
-                }
+                })
+                for j, tid in enumerate(test_ids)
+            ]  # fmt: skip
+            os.mkdir(tmp / name)  # 0o777 less the umask
+            sio.write_files(tmp / name, {
+                GPTFLUENCE_BATCHES: "\n".join(lines) + "\n",
+                GPTFLUENCE_LOSSES: "\n".join(trajectories) + "\n",
+            })  # fmt: skip
+        sio.write_files(tmp, {GPTFLUENCE_MANIFEST: sio.json_bytes(manifest)})
+    return [out / name for name in names]
+
+
+def _check_replaceable(out: Path, *, overwrite: bool) -> None:
+    """Raises unless ``out`` is new, empty, or (with ``overwrite``) holds only what
+    :func:`write_gptfluence` wrote there."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    manifest_file = out / GPTFLUENCE_MANIFEST
+    if not manifest_file.is_file():
+        raise ValueError(
+            f"{out} is not empty and was not written by write_gptfluence (it has no "
+            f"{GPTFLUENCE_MANIFEST}); nothing is replaced: choose a new or empty folder"
+        )
+    manifest = _read_manifest(manifest_file)
+    ours = {GPTFLUENCE_MANIFEST: None, **{name: (GPTFLUENCE_BATCHES, GPTFLUENCE_LOSSES)
+                                          for name in manifest["runs"]}}  # fmt: skip
+    for entry in sorted(out.iterdir()):
+        files = ours.get(entry.name, ())
+        if entry.name not in ours or (files is None) == entry.is_dir() or entry.is_symlink():
+            foreign = [entry]
+        elif files:
+            foreign = [f for f in sorted(entry.iterdir()) if f.name not in files or f.is_dir()]
+        else:
+            foreign = []
+        if foreign:
+            raise ValueError(
+                f"{out} holds {foreign[0]}, which write_gptfluence did not write; nothing is "
+                "replaced: move it out or choose another folder"
             )
-            for j, tid in enumerate(test_ids)
-        ]
-        _write_text(run_dir / GPTFLUENCE_LOSSES, "\n".join(lines) + "\n")
-        dirs.append(run_dir)
-    return dirs
+    if not overwrite:
+        raise ValueError(
+            f"{out} already holds runs written by write_gptfluence; pass overwrite=True to "
+            "replace them"
+        )
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a folder written by :func:`write_gptfluence`, checked."""
+    what = "GPTfluence manifest"
+    meta = sio.read_json(path, what=what)
+    sio.check_format(path, meta, name=MANIFEST_FORMAT, version=MANIFEST_VERSION, what=what)
+    sio.check_keys(
+        path, meta, what=what, required=["runs", "train_ids", "test_ids", "batch_size"],
+        types={"runs": list, "train_ids": list, "test_ids": list, "batch_size": int,
+               "metadata": dict},
+    )  # fmt: skip
+    if not all(isinstance(name, str) and name for name in meta["runs"]):
+        raise ValueError(f"{path}: the runs of the {what} must be folder names")
+    for key in ("runs", "train_ids", "test_ids"):
+        values = meta[key]
+        if not values or not all(isinstance(i, int | str) and not isinstance(i, bool)
+                                 for i in values):  # fmt: skip
+            raise ValueError(f"{path}: {key} of the {what} must be integers or strings")
+        _id_kind(values, path, key)
+        try:
+            _id_list(values, key)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+    if meta["batch_size"] < 1:
+        raise ValueError(f"{path}: batch_size of the {what} is {meta['batch_size']}, not >= 1")
+    return meta
+
+
+def _manifest_for(run_dirs: Sequence[Path]) -> tuple[Path, dict[str, Any]] | None:
+    """The manifest that describes ``run_dirs``, if they were written by
+    :func:`write_gptfluence` into one folder; ``None`` if none of them was."""
+    holders = {d: d.parent / GPTFLUENCE_MANIFEST for d in run_dirs}
+    written = [d for d, m in holders.items() if m.is_file()]
+    if not written:
+        return None
+    first = holders[written[0]]
+    for d in run_dirs:
+        if holders[d] != first:
+            raise _error(d, None, f"the run is not in the folder of {first} (written by "
+                         "write_gptfluence) but is read with its runs; read the folders "
+                         "apart, or give the pool (train_ids=, --train_ids)")  # fmt: skip
+    manifest = _read_manifest(first)
+    for d in run_dirs:
+        if d.name not in manifest["runs"]:
+            raise _error(first, None, f"the manifest does not list the run {d}; it was not "
+                         "written by write_gptfluence (give the pool: train_ids=, "
+                         "--train_ids)")  # fmt: skip
+    return first, manifest
 
 
 # ---------------------------------------------------------------------------------------------

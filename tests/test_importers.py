@@ -6,17 +6,21 @@ the source, and one test per kind of malformed input asserting the ValueError's 
 """
 
 import csv
+import dataclasses
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from simfluence_jax import fit_simulator
+from simfluence_jax import cli, fit_simulator
 from simfluence_jax.importers import (
     GPTFLUENCE_BATCHES,
     GPTFLUENCE_LOSSES,
+    GPTFLUENCE_MANIFEST,
     find_run_dirs,
     read_gptfluence,
     read_long,
@@ -89,12 +93,15 @@ def test_string_ids_and_learning_rates_round_trip(tmp_path, source):
 
 
 def test_integer_ids_map_to_positions_unless_the_pool_is_given(tmp_path):
+    """Without the manifest (as in runs logged elsewhere) the pool is the ids the runs use."""
     runs = RunSet(
         batches=np.array([[[10, 30]], [[20, 10]]]),
         losses=np.ones((2, 2, 2)),
         train_ids=None,
     )
     dirs = write_gptfluence(runs, tmp_path)
+    _assert_same(read_gptfluence(dirs), runs)
+    (tmp_path / GPTFLUENCE_MANIFEST).unlink()
     mapped = read_gptfluence(dirs)
     np.testing.assert_array_equal(mapped.train_ids, [10, 20, 30])
     np.testing.assert_array_equal(mapped.batches[:, 0], [[0, 2], [1, 0]])
@@ -108,7 +115,9 @@ def test_runs_in_the_order_given_and_found_by_parent_or_glob(tmp_path, source):
     parent = tmp_path / "rte"
     parent.mkdir()
     for r, name in [(0, "seed-2"), (1, "seed-10"), (2, "seed-1")]:
-        write_gptfluence(source.select([r]), tmp_path / "tmp")[0].rename(parent / name)
+        write_gptfluence(source.select([r]), tmp_path / "tmp", overwrite=True)[0].rename(
+            parent / name
+        )
     natural = ["seed-1", "seed-2", "seed-10"]
     assert [p.name for p in find_run_dirs([parent])] == natural
     assert [p.name for p in find_run_dirs([str(parent / "seed-*")])] == natural
@@ -295,7 +304,8 @@ def test_nan_and_infinite_losses(run_dirs):
 
 
 def test_runs_of_different_lengths_need_pad(tmp_path, source):
-    dirs = write_gptfluence(source.select([0, 1]), tmp_path)
+    dirs = write_gptfluence(source.select([0, 1]), tmp_path / "long")
+    (tmp_path / "long" / GPTFLUENCE_MANIFEST).unlink()
     short = source.select([1])
     short = RunSet(batches=short.batches[:, :5], losses=short.losses[:, :6])
     write_gptfluence(short, tmp_path / "short")[0].rename(tmp_path / "b")
@@ -511,3 +521,138 @@ def test_a_loss_float32_cannot_hold_names_the_file_and_line(tmp_path, source):
     path.write_text(re.sub(r'"loss": [^,}]+', '"loss": -1e300', path.read_text(), count=1))
     _raises(rf"run_000/{GPTFLUENCE_LOSSES}:1: the loss of test example 0 at step 0 is -1e\+300",
             read_gptfluence, [run_dir])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# write_gptfluence: exact round trips, replacing only its own folders, the umask.
+
+IMPORTER_KEYS = ("source", "runs", "first_step")
+
+
+def _assert_exact(back: RunSet, runs: RunSet):
+    """Every field of the run set, the importer's own metadata keys aside."""
+    _assert_same(back, runs)
+    assert back.batch_size == runs.batch_size
+    assert back.train_ids.dtype.kind == runs.train_ids.dtype.kind
+    assert back.test_ids.dtype.kind == runs.test_ids.dtype.kind
+    if runs.learning_rates is None:
+        assert back.learning_rates is None
+    else:
+        assert back.learning_rates.dtype == np.float32
+        np.testing.assert_array_equal(back.learning_rates, runs.learning_rates)
+    assert {k: v for k, v in back.metadata.items() if k not in IMPORTER_KEYS} == runs.metadata
+
+
+@pytest.fixture(scope="module")
+def sparse():
+    """A generated run set that leaves 43 of 150 pool ids unused, with learning rates."""
+    runs = make_problem(num_train=150, num_test=4, num_runs=4, subset=40, seed=2).runs
+    assert runs.num_train - runs.used_ids().sum() == 43
+    lr = np.linspace(0.3, 0.01, runs.num_steps, dtype=np.float32)[None].repeat(4, 0)
+    return dataclasses.replace(runs, learning_rates=lr)
+
+
+def test_write_then_read_is_exact_with_unused_pool_ids(tmp_path, sparse):
+    back = read_gptfluence(write_gptfluence(sparse, tmp_path / "g"))
+    _assert_exact(back, sparse)
+    assert back.num_train == 150
+    _assert_exact(read_gptfluence(tmp_path / "g"), sparse)  # the folder itself
+    subset = read_gptfluence([tmp_path / "g" / "run_003", tmp_path / "g" / "run_001"])
+    _assert_exact(subset, sparse.select([3, 1]))
+
+
+def test_write_then_import_through_the_cli_is_exact(tmp_path, sparse):
+    write_gptfluence(sparse, tmp_path / "g", first_step=1)
+    out = tmp_path / "imported"
+    assert cli.main(["import", "gptfluence", str(tmp_path / "g"), "--out", str(out)]) == 0
+    _assert_exact(RunSet.load(out), sparse)
+
+
+def test_string_ids_keep_their_order_and_a_batch_never_full_keeps_b(tmp_path, source):
+    names = [f"doc-{i}" for i in range(source.num_train)][::-1]  # not sorted
+    padded = np.concatenate([source.batches, np.full((*source.batches.shape[:2], 2), -1)], 2)
+    runs = RunSet(
+        batches=padded, losses=source.losses, train_ids=names,
+        test_ids=["q9", "q10", "q1", "a", "b"], metadata={"seeds": list(range(8))},
+    )  # fmt: skip
+    assert runs.batch_size == 6 and (padded[:, :, 4:] == -1).all()
+    back = read_gptfluence(write_gptfluence(runs, tmp_path / "g"))
+    _assert_exact(back, runs)
+    assert back.train_ids.tolist() == names and back.test_ids.tolist()[:3] == ["q9", "q10", "q1"]
+    picked = read_gptfluence([tmp_path / "g" / "run_005", tmp_path / "g" / "run_002"])
+    assert picked.metadata["seeds"] == [5, 2]
+
+
+def test_write_refuses_a_folder_it_holds_runs_in_unless_asked_then_replaces_it(tmp_path, source):
+    folder = tmp_path / "g"
+    write_gptfluence(source.select(range(5)), folder)
+    three = source.select([5, 6, 7])
+    _raises(r"g already holds runs written by write_gptfluence; pass overwrite=True",
+            write_gptfluence, three, folder)  # fmt: skip
+    assert len(read_gptfluence(folder).batches) == 5  # untouched
+    dirs = write_gptfluence(three, folder, overwrite=True)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [*(d.name for d in dirs), GPTFLUENCE_MANIFEST]
+    back = read_gptfluence(folder)
+    assert back.num_runs == 3
+    _assert_exact(back, three)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_write_never_replaces_a_folder_holding_files_it_did_not_write(tmp_path, source):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    _raises(r"mine is not empty and was not written by write_gptfluence", write_gptfluence,
+            source, mine, overwrite=True)  # fmt: skip
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    folder = tmp_path / "g"
+    dirs = write_gptfluence(source.select([0, 1]), folder)
+    for user_file in (folder / "notes.txt", dirs[1] / "plot.png"):
+        user_file.write_text("keep me")
+        _raises(rf"g holds {user_file}, which write_gptfluence did not write", write_gptfluence,
+                source, folder, overwrite=True)  # fmt: skip
+        assert user_file.read_text() == "keep me"
+        _assert_exact(read_gptfluence(folder), source.select([0, 1]))
+        user_file.unlink()
+    (folder / "extra").mkdir()
+    _raises(r"holds .*extra, which write_gptfluence did not write", write_gptfluence, source,
+            folder, overwrite=True)  # fmt: skip
+    (tmp_path / "file").write_text("")
+    _raises(r"file is a file, not a folder", write_gptfluence, source, tmp_path / "file")
+
+
+def test_write_refuses_repeated_ids(tmp_path, source):
+    twice = RunSet(batches=source.batches, losses=source.losses, train_ids=[7] * 36)
+    _raises(r"the run set's train_ids holds 7 twice", write_gptfluence, twice, tmp_path)
+    twice = RunSet(batches=source.batches, losses=source.losses, test_ids=["q"] * 5)
+    _raises(r"the run set's test_ids holds 'q' twice", write_gptfluence, twice, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755),
+                                                              (0o077, 0o600, 0o700)])  # fmt: skip
+def test_written_files_follow_the_umask(tmp_path, source, umask, file_mode, dir_mode):
+    old = os.umask(umask)
+    try:
+        dirs = write_gptfluence(source.select([0]), tmp_path / "g")
+    finally:
+        os.umask(old)
+    files = [tmp_path / "g" / GPTFLUENCE_MANIFEST, *(dirs[0] / n for n in (GPTFLUENCE_BATCHES,
+             GPTFLUENCE_LOSSES))]  # fmt: skip
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(file_mode)}
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in (tmp_path / "g", dirs[0])} == {
+        oct(dir_mode)
+    }
+
+
+def test_a_damaged_manifest_names_itself(tmp_path, source):
+    write_gptfluence(source.select([0]), tmp_path / "g")
+    manifest = tmp_path / "g" / GPTFLUENCE_MANIFEST
+    meta = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**meta, "train_ids": [1, 1]}))
+    _raises(rf"{GPTFLUENCE_MANIFEST}: train_ids holds 1 twice", read_gptfluence, tmp_path / "g")
+    manifest.write_text(json.dumps({**meta, "version": 99}))
+    _raises(r"format version 99", read_gptfluence, tmp_path / "g")
+    manifest.write_text(json.dumps({**meta, "runs": ["run_001"]}))
+    _raises(r"the manifest does not list the run .*run_000", read_gptfluence, tmp_path / "g")
