@@ -743,6 +743,52 @@ def _manifest_for(run_dirs: Sequence[Path]) -> tuple[Path, dict[str, Any]] | Non
 
 
 # ---------------------------------------------------------------------------------------------
+# Id files: the pool or the test ids, for runs whose files do not carry them.
+
+
+def read_ids(path: str | os.PathLike) -> list[Id]:
+    """Ids from a file, in order: a JSON list (ids keep their JSON types), or one id a line
+    (blank lines skipped; integers when every id is a canonical integer, as in
+    :func:`read_long`). For ``train_ids=`` and ``test_ids=`` (``--train_ids``, ``--test_ids``).
+
+    Raises:
+      ValueError: ``FILE:LINE:`` for an id given twice, two spellings of one integer, a
+        value that is not an id, or a file with no ids.
+    """
+    path = _require_file(Path(path), "ids")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _error(path, None, f"not UTF-8 text ({e.reason})") from None
+    if text.lstrip().startswith("["):
+        try:
+            ids = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise _error(path, e.lineno, f"not a valid JSON list ({e.msg})") from None
+        if not isinstance(ids, list):
+            raise _error(path, None, "expected a JSON list of ids")
+        ids = [_check_id(i, path, None, "id") for i in ids]
+        _id_kind(ids, path, "ids")
+        try:
+            ids = _id_list(ids, "the list") if ids else ids
+        except ValueError as err:
+            raise _error(path, None, str(err)) from None
+    else:
+        where: dict[Id, tuple[Path, int]] = {}
+        for n, line in enumerate(text.splitlines(), start=1):
+            name = line.strip()
+            if not name:
+                continue
+            if name in where:
+                raise _error(path, n, f"id {name!r} appears twice (also on line {where[name][1]})")
+            where[name] = (path, n)
+        ids = list(_settle_ids(where, "id").values())
+    if not ids:
+        raise _error(path, None, "no ids (the file is empty)")
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
 # Long form.
 
 

@@ -23,6 +23,7 @@ from simfluence_jax.importers import (
     GPTFLUENCE_MANIFEST,
     find_run_dirs,
     read_gptfluence,
+    read_ids,
     read_long,
     write_gptfluence,
 )
@@ -656,3 +657,49 @@ def test_a_damaged_manifest_names_itself(tmp_path, source):
     _raises(r"format version 99", read_gptfluence, tmp_path / "g")
     manifest.write_text(json.dumps({**meta, "runs": ["run_001"]}))
     _raises(r"the manifest does not list the run .*run_000", read_gptfluence, tmp_path / "g")
+
+
+# ---------------------------------------------------------------------------------------------
+# The pool from files, for runs that do not carry it (``--train_ids``, ``--test_ids``).
+
+
+def test_id_files(tmp_path):
+    path = tmp_path / "ids.txt"
+    for text, ids in [("3\n\n10\n-1\n", [3, 10, -1]), ("\ufeffb\na\n", ["b", "a"]),
+                      ("07\n10\n", ["07", "10"]), ('["1", 2]', None), ('["x", "1"]', ["x", "1"]),
+                      ("[3, 1]", [3, 1])]:  # fmt: skip
+        path.write_text(text)
+        if ids is None:
+            _raises(r"ids.txt: ids mix integers and strings", read_ids, path)
+        else:
+            assert read_ids(path) == ids
+    for text, match in [("1\n2\n1\n", r"ids.txt:3: id '1' appears twice \(also on line 1\)"),
+                        ("5\n5\n5\n", r"ids.txt:2: id '5' appears twice"),
+                        ("1\n01\n", r"ids.txt:2: id '01' and id '1' \(at .*ids.txt:1\) spell"),
+                        ('["a", "a"]', r"ids.txt: the list holds 'a' twice"),
+                        ("\n\n", r"ids.txt: no ids"),
+                        ("[true]", r"id True is not an integer")]:  # fmt: skip
+        path.write_text(text)
+        _raises(match, read_ids, path)
+
+
+def test_cli_import_takes_the_pool_from_files(tmp_path, sparse):
+    """Long-form files do not carry the pool, the test order or B; the options give them."""
+    losses, curricula = _write_long_csv(sparse, tmp_path)
+    pool, tests = tmp_path / "pool.txt", tmp_path / "tests.json"
+    pool.write_text("".join(f"{i}\n" for i in sparse.train_ids.tolist()))
+    tests.write_text(json.dumps(sparse.test_ids.tolist()[::-1]))
+    argv = ["import", "long", "--losses", str(losses), "--curricula", str(curricula)]
+    assert cli.main([*argv, "--out", str(tmp_path / "bare")]) == 0
+    assert RunSet.load(tmp_path / "bare").num_train == 107  # only the ids the runs use
+    argv += ["--train_ids", str(pool), "--test_ids", str(tests), "--batch_size", "6"]
+    assert cli.main([*argv, "--out", str(tmp_path / "full")]) == 0
+    back = RunSet.load(tmp_path / "full")
+    assert (back.num_train, back.batch_size) == (150, 6)
+    np.testing.assert_array_equal(back.batches[:, :, :4], sparse.batches)
+    np.testing.assert_array_equal(back.losses, sparse.losses[:, :, ::-1])
+    dirs = write_gptfluence(sparse, tmp_path / "g")
+    (tmp_path / "g" / GPTFLUENCE_MANIFEST).unlink()  # as runs logged elsewhere
+    argv = ["import", "gptfluence", *map(str, dirs), "--train_ids", str(pool)]
+    assert cli.main([*argv, "--out", str(tmp_path / "g_imported")]) == 0
+    _assert_exact(RunSet.load(tmp_path / "g_imported"), dataclasses.replace(sparse, metadata={}))
