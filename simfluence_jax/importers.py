@@ -10,6 +10,10 @@ Two formats:
   - ``all_loss_trajectory.out``: one JSON object a line per test example,
     ``{"id": j, "loss_trajectory": [{"step": s, "loss": x}, ...]}``.
 
+  :func:`write_gptfluence` also writes ``simfluence_manifest.json`` beside the run
+  directories: what they cannot hold (the pool with its unused ids, the order of the test
+  ids, the batch width, the metadata), so that reading them back is exact.
+
 * **Long form** (:func:`read_long`), CSV (with a header row) or JSON lines:
 
   - losses: one row per (run, step, test example), columns ``run, step, test_id, loss``;
@@ -508,10 +512,9 @@ def read_gptfluence(
     found = find_run_dirs(run_dirs)
     _check_distinct(found)
     runs = [_read_gptfluence_run(d) for d in found]
-    described = _manifest_for(found) if train_ids is None else None
+    manifest = _manifest_for(found) if train_ids is None else None
     metadata = None
-    if described is not None:
-        _, manifest = described
+    if manifest is not None:
         train_ids = manifest["train_ids"]
         test_ids = manifest["test_ids"] if test_ids is None else test_ids
         batch_size = manifest["batch_size"] if batch_size is None else batch_size
@@ -670,20 +673,24 @@ def _check_replaceable(out: Path, *, overwrite: bool) -> None:
             f"{out} is not empty and was not written by write_gptfluence (it has no "
             f"{GPTFLUENCE_MANIFEST}); nothing is replaced: choose a new or empty folder"
         )
-    manifest = _read_manifest(manifest_file)
-    ours = {GPTFLUENCE_MANIFEST: None, **{name: (GPTFLUENCE_BATCHES, GPTFLUENCE_LOSSES)
-                                          for name in manifest["runs"]}}  # fmt: skip
+    runs = set(_read_manifest(manifest_file)["runs"])
+    run_files = {GPTFLUENCE_BATCHES, GPTFLUENCE_LOSSES}
+
+    def plain(path: Path, names: set[str], is_dir: bool) -> bool:
+        kind_ok = path.is_dir() if is_dir else path.is_file()
+        return path.name in names and kind_ok and not path.is_symlink()
+
     for entry in sorted(out.iterdir()):
-        files = ours.get(entry.name, ())
-        if entry.name not in ours or (files is None) == entry.is_dir() or entry.is_symlink():
-            foreign = [entry]
-        elif files:
-            foreign = [f for f in sorted(entry.iterdir()) if f.name not in files or f.is_dir()]
+        if entry.name == GPTFLUENCE_MANIFEST:
+            continue
+        if not plain(entry, runs, is_dir=True):
+            foreign = entry
         else:
-            foreign = []
-        if foreign:
+            foreign = next((f for f in sorted(entry.iterdir()) if not plain(f, run_files, False)),
+                           None)  # fmt: skip
+        if foreign is not None:
             raise ValueError(
-                f"{out} holds {foreign[0]}, which write_gptfluence did not write; nothing is "
+                f"{out} holds {foreign}, which write_gptfluence did not write; nothing is "
                 "replaced: move it out or choose another folder"
             )
     if not overwrite:
@@ -720,7 +727,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _manifest_for(run_dirs: Sequence[Path]) -> tuple[Path, dict[str, Any]] | None:
+def _manifest_for(run_dirs: Sequence[Path]) -> dict[str, Any] | None:
     """The manifest that describes ``run_dirs``, if they were written by
     :func:`write_gptfluence` into one folder; ``None`` if none of them was."""
     holders = {d: d.parent / GPTFLUENCE_MANIFEST for d in run_dirs}
@@ -739,7 +746,7 @@ def _manifest_for(run_dirs: Sequence[Path]) -> tuple[Path, dict[str, Any]] | Non
             raise _error(first, None, f"the manifest does not list the run {d}; it was not "
                          "written by write_gptfluence (give the pool: train_ids=, "
                          "--train_ids)")  # fmt: skip
-    return first, manifest
+    return manifest
 
 
 # ---------------------------------------------------------------------------------------------
