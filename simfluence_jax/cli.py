@@ -452,13 +452,18 @@ def cmd_simulate(args) -> np.ndarray:
 def cmd_import(args) -> Path:
     """``simfluence import``: reads runs logged elsewhere and saves them as a run set.
     Returns the saved folder."""
-    from simfluence_jax.importers import read_gptfluence, read_long
+    from simfluence_jax.importers import read_gptfluence, read_ids, read_long
 
+    pool = {
+        "train_ids": read_ids(args.train_ids) if args.train_ids else None,
+        "test_ids": read_ids(args.test_ids) if args.test_ids else None,
+        "batch_size": args.batch_size,
+    }
     with _claim(args, args.out, kind="runset", overwrite=args.overwrite) as out:
         if args.format == "gptfluence":
-            runs = read_gptfluence(args.run_dirs, pad=args.pad)
+            runs = read_gptfluence(args.run_dirs, pad=args.pad, **pool)
         else:
-            runs = read_long(args.losses, args.curricula, pad=args.pad)
+            runs = read_long(args.losses, args.curricula, pad=args.pad, **pool)
         path = runs.save(out, overwrite=True)  # claimed: ours to replace, or new
     print(f"{runs} imported and saved to {path}")
     print(f"next: simfluence fit --runs {path} --out sims/")
@@ -583,6 +588,13 @@ def _parser() -> argparse.ArgumentParser:
     fp.add_argument(
         "--curricula", required=True, help="rows: run, step, train_ids [, learning_rate]"
     )
+    for fp in formats.choices.values():  # the pool, where the files do not carry it
+        ids = "one a line, or a JSON list"
+        fp.add_argument("--train_ids", metavar="FILE", help=f"the pool of training ids in "
+                        f"order, {ids} (default: the ids the runs use, sorted)")  # fmt: skip
+        fp.add_argument("--test_ids", metavar="FILE", help=f"the test ids in order, {ids}")
+        fp.add_argument("--batch_size", type=int, metavar="B", help="the batch width")
+
     for fp in formats.choices.values():
         fp.add_argument("--out", required=True, help="folder for the saved run set")
         fp.add_argument(

@@ -10,6 +10,10 @@ Two formats:
   - ``all_loss_trajectory.out``: one JSON object a line per test example,
     ``{"id": j, "loss_trajectory": [{"step": s, "loss": x}, ...]}``.
 
+  :func:`write_gptfluence` also writes ``simfluence_manifest.json`` beside the run
+  directories: what they cannot hold (the pool with its unused ids, the order of the test
+  ids, the batch width, the metadata), so that reading them back is exact.
+
 * **Long form** (:func:`read_long`), CSV (with a header row) or JSON lines:
 
   - losses: one row per (run, step, test example), columns ``run, step, test_id, loss``;
@@ -24,16 +28,23 @@ L_0 is the step-1 loss and the curriculum starts at step 2; runs that log the lo
 the starting model at step 0 keep every batch. Batches logged at steps up to s0 are
 ignored (no logged loss precedes them).
 
-Ids may be integers or strings. Training ids become positions in ``train_ids``: the sorted
-distinct ids of all runs, or the ``train_ids`` you pass (``train_ids=range(200)`` keeps
-integer ids 0..199 as they are). Test examples keep the order of their first appearance;
-every run must log the same test examples. Batches of different sizes are padded with -1.
+Ids may be integers or strings, and are never guessed: they are compared as the files
+spell them (JSON keeps its types; text ids, as CSV holds them, become integers only when
+every id of the file is a canonical integer such as ``7``, not ``07``, ``+7`` or `` 7``), and
+two spellings of one integer (``1`` and ``01``) are an error naming both. Training ids become
+positions in ``train_ids``: the sorted distinct ids of all runs, or the ``train_ids`` you pass
+(``train_ids=range(200)`` keeps integer ids 0..199 as they are). Test examples keep the order
+of their first appearance, or the order of the ``test_ids`` you pass; every run must log the
+same test examples. Batches of different sizes are padded with -1 to the widest batch, or to
+the ``batch_size`` you pass.
 
 Every malformed input raises a ``ValueError`` that starts ``FILE:LINE:`` (or ``FILE:`` when
 the problem is something missing) and names the problem: a missing file, a line that is not
 valid JSON (a truncated file), a step missing from the middle of a run or given twice, a
-test example missing in one run, NaN or infinite losses, empty batches, and runs of
-different lengths unless ``pad=True``.
+test example missing in one run, an id given twice, NaN or infinite losses or ones beyond
+float32's range, empty batches, one run directory given twice (also through a symbolic
+link), and runs of different lengths unless ``pad=True``. Files may start with a UTF-8
+byte-order mark; CSV fields may be of any length.
 
 ``pad=True`` accepts runs of different lengths by cutting every run to the shortest one
 (the later steps of longer runs are dropped, and ``metadata["logged_steps"]`` records the
@@ -50,17 +61,21 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from simfluence_jax.runs import RunSet
+from simfluence_jax import io as sio
+from simfluence_jax.runs import PER_RUN_KEYS, RunSet
 
 GPTFLUENCE_BATCHES = "train_samples_id.json"
 GPTFLUENCE_LOSSES = "all_loss_trajectory.out"
+#: What :func:`write_gptfluence` writes beside the runs: the pool, test ids, B, metadata.
+GPTFLUENCE_MANIFEST = "simfluence_manifest.json"
+MANIFEST_FORMAT = "simfluence_jax.gptfluence"
+MANIFEST_VERSION = 1
 LOSS_COLUMNS = ("run", "step", "test_id", "loss")
 CURRICULUM_COLUMNS = ("run", "step", "train_ids")
 
@@ -111,7 +126,11 @@ def _check_step(value: Any, path: Path, line: int) -> int:
     return value
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _check_number(value: Any, path: Path, line: int, what: str) -> float:
+    """A finite number that float32 holds (losses and learning rates are stored as float32)."""
     if isinstance(value, str):
         try:
             value = float(value)
@@ -121,6 +140,8 @@ def _check_number(value: Any, path: Path, line: int, what: str) -> float:
         raise _error(path, line, f"{what} {value!r} is not a number")
     if not math.isfinite(value):
         raise _error(path, line, f"{what} is {value} (NaN or infinite)")
+    if abs(value) > _FLOAT32_MAX:
+        raise _error(path, line, f"{what} is {value}, beyond float32's range (|x| <= 3.4e38)")
     return float(value)
 
 
@@ -190,7 +211,7 @@ def _require_file(path: Path, what: str) -> Path:
 def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     """``(line number, object)`` for every non-blank line of a JSON-lines file."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for n, text in enumerate(f, start=1):
                 if not text.strip():
                     continue
@@ -219,7 +240,7 @@ def _is_jsonl(path: Path) -> bool:
         return True
     if suffix in (".csv", ".tsv"):
         return False
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for text in f:
             if text.strip():
                 return text.lstrip().startswith("{")
@@ -245,8 +266,11 @@ def _table_rows(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict]
             "the last line does not end with a "
             "newline; truncated line? (end the file with a newline if it is complete)",
         )
+    # No field is longer than the file (a 200k-id batch exceeds csv's default 128 KiB).
+    csv.field_size_limit(max(csv.field_size_limit(), len(data) + 1))
+    reader = None
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
             header = [h.strip() for h in (reader.fieldnames or [])]
             missing = [c for c in columns if c not in header]
@@ -269,14 +293,55 @@ def _table_rows(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict]
     except UnicodeDecodeError as e:
         raise _error(path, None, f"not UTF-8 text ({e.reason})") from None
     except csv.Error as e:
-        raise _error(path, None, f"not a valid CSV file ({e})") from None
+        line = reader.line_num if reader is not None and reader.line_num else None
+        raise _error(path, line, f"not a valid CSV row ({e})") from None
 
 
-def _ints_if_all_ints(ids: list[Id]) -> list[Id]:
-    """Ids read from CSV are strings; ``["3", "10"]`` become ``[3, 10]``."""
-    if ids and all(isinstance(x, str) and re.fullmatch(r"[+-]?\d+", x) for x in ids):
-        return [int(x) for x in ids]
-    return ids
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+_CANONICAL = re.compile(r"0|-?[1-9][0-9]*")
+
+
+def _settle_ids(
+    where: dict[Id, tuple[Path, int]], what: str, *, kind: type | None = None
+) -> dict[Id, Id]:
+    """Maps every id as spelled in a file to the id kept.
+
+    Ids are compared as the file spells them. Strings become integers only when every id is
+    a canonical integer (``7``, not ``07``, ``+7`` or `` 7``), or, when ``kind`` is given (the
+    kind of a pool passed in), only if ``kind`` is ``int``.
+
+    Args:
+      where: every distinct id as read (``str`` from text, ``int`` from JSON), with the file
+        and line of its first appearance.
+      what: ``"test id"`` or ``"training id"``, for messages.
+      kind: the kind of the ids they are compared with, if given.
+
+    Raises:
+      ValueError: ``FILE:LINE:`` for integers mixed with strings, or two spellings of one
+        integer (``1`` and ``01``), naming both and their lines.
+    """
+    ints = [i for i in where if isinstance(i, int)]
+    strs = [i for i in where if isinstance(i, str)]
+    if ints and strs:
+        path, line = where[strs[0]]
+        other = where[ints[0]]
+        raise _error(path, line, f"{what}s mix integers and strings ({strs[0]!r} here, "
+                     f"{ints[0]!r} at {other[0]}:{other[1]}); use one kind")  # fmt: skip
+    by_value: dict[int, str] = {}
+    for spelled in strs:
+        if not _INTEGER.fullmatch(spelled):
+            continue
+        first = by_value.setdefault(int(spelled), spelled)
+        if first != spelled:
+            path, line = where[spelled]
+            other = where[first]
+            raise _error(path, line, f"{what} {spelled!r} and {what} {first!r} (at "
+                         f"{other[0]}:{other[1]}) spell the same integer; spell every id "
+                         "one way")  # fmt: skip
+    canonical = strs and all(_CANONICAL.fullmatch(i) for i in strs)
+    if canonical and kind in (None, int):
+        return {i: int(i) for i in strs}
+    return {i: i for i in where}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,6 +474,8 @@ def read_gptfluence(
     *,
     pad: bool = False,
     train_ids: Sequence[Id] | np.ndarray | None = None,
+    test_ids: Sequence[Id] | np.ndarray | None = None,
+    batch_size: int | None = None,
 ) -> RunSet:
     """Reads GPTfluence run directories (one per run, in the order given) into a ``RunSet``.
 
@@ -419,6 +486,16 @@ def read_gptfluence(
       pad: accept runs of different lengths by cutting all of them to the shortest.
       train_ids: the pool of training ids; batch entries become positions in it. Defaults
         to the sorted distinct ids the runs use.
+      test_ids: the test examples in the order to keep (exactly those logged). Defaults to
+        the order of the first run's file.
+      batch_size: the batch width B (at least the widest batch). Defaults to the widest.
+
+    Run directories written by :func:`write_gptfluence` into one folder are read back
+    exactly: its manifest gives the pool (unused ids included), the order of the test ids,
+    the batch width and the metadata, unless ``train_ids`` is given. Other directories are
+    read as their files say. Ids are compared as the JSON files hold them (``1`` and ``"1"``
+    are different kinds, an error). The same directory given twice, or reached twice through
+    a symbolic link, is an error.
 
     Returns:
       A validated ``RunSet``; ``metadata`` holds ``source``, ``runs`` (the directories) and
@@ -432,8 +509,37 @@ def read_gptfluence(
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise ValueError("no run directories given")
-    runs = [_read_gptfluence_run(d) for d in find_run_dirs(run_dirs)]
-    return _assemble(runs, pad=pad, train_ids=train_ids, source="gptfluence")
+    found = find_run_dirs(run_dirs)
+    _check_distinct(found)
+    runs = [_read_gptfluence_run(d) for d in found]
+    manifest = _manifest_for(found) if train_ids is None else None
+    metadata = None
+    if manifest is not None:
+        train_ids = manifest["train_ids"]
+        test_ids = manifest["test_ids"] if test_ids is None else test_ids
+        batch_size = manifest["batch_size"] if batch_size is None else batch_size
+        metadata = dict(manifest.get("metadata", {}))
+        index = [manifest["runs"].index(d.name) for d in found]
+        for key in PER_RUN_KEYS:
+            values = metadata.get(key)
+            if isinstance(values, list) and len(values) == len(manifest["runs"]):
+                metadata[key] = [values[k] for k in index]
+    return _assemble(
+        runs, pad=pad, train_ids=train_ids, test_ids=test_ids, batch_size=batch_size,
+        source="gptfluence", metadata=metadata,
+    )  # fmt: skip
+
+
+def _check_distinct(run_dirs: Sequence[Path]) -> None:
+    """Raises if two of ``run_dirs`` are one directory (after resolving symbolic links)."""
+    first: dict[str, Path] = {}
+    for run_dir in run_dirs:
+        real = os.path.realpath(run_dir)
+        if real in first:
+            how = "given twice" if run_dir == first[real] else f"reached twice ({real})"
+            raise _error(run_dir, None, f"the same run directory as {first[real]}, {how}; "
+                         "each run is read once")  # fmt: skip
+        first[real] = run_dir
 
 
 def _natural_key(path: Path):
@@ -474,70 +580,219 @@ def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def write_gptfluence(
-    runs: RunSet, out_dir: str | os.PathLike, *, first_step: int = 0
+    runs: RunSet, out_dir: str | os.PathLike, *, first_step: int = 0, overwrite: bool = False
 ) -> list[Path]:
-    """Writes a ``RunSet`` as GPTfluence run directories ``out_dir/run_000``, ...
+    """Writes a ``RunSet`` as GPTfluence run directories ``out_dir/run_000``, ..., and a
+    manifest ``out_dir/simfluence_manifest.json`` that lets :func:`read_gptfluence` give
+    back exactly this run set.
 
     Ids are written by name (``train_ids[i]``, ``test_ids[j]``), padding is dropped, losses
     are written as exact decimal forms of their float32 values, and the learning rates, when
-    the run set has them, go to ``train_samples_id.json`` as ``learning_rate``.
+    the run set has them, go to ``train_samples_id.json`` as ``learning_rate``. The manifest
+    holds what the run directories cannot: the pool (``train_ids`` in order, unused ones
+    included), the ``test_ids`` in order, the batch width B and the metadata.
+
+    The folder is written whole into a temporary sibling and swapped in
+    (:func:`simfluence_jax.io.replace_directory`); files follow the umask.
 
     Args:
-      runs: the run set.
-      out_dir: the parent directory (created).
+      runs: the run set (its ``train_ids`` and ``test_ids`` distinct).
+      out_dir: the folder (created); it must be new or empty, or, with ``overwrite``,
+        hold only what this function wrote there before.
       first_step: the step at which L_0 is logged: 0 (the losses of the starting model), or
         1 as GPTfluence's published runs (L_0 is then the loss after step 1 and the
         curriculum starts at step 2; no batch is written for step 1).
+      overwrite: replace a folder this function wrote. A folder holding anything else (no
+        manifest, or a file the manifest does not list) is never replaced.
 
     Returns:
       The run directories, in run order.
+
+    Raises:
+      ValueError: the folder is not empty (without ``overwrite``) or holds files this
+        function did not write, or ids of the run set repeat.
     """
     if first_step < 0:
         raise ValueError(f"first_step must be >= 0, got {first_step}")
     out = Path(out_dir)
-    train_ids = runs.train_ids.tolist()
-    test_ids = runs.test_ids.tolist()
+    train_ids = _id_list(runs.train_ids, "the run set's train_ids")
+    test_ids = _id_list(runs.test_ids, "the run set's test_ids")
+    _check_replaceable(out, overwrite=overwrite)
     width = max(3, len(str(runs.num_runs - 1)))
-    dirs = []
-    for r in range(runs.num_runs):
-        run_dir = out / f"run_{r:0{width}d}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for t in range(runs.num_steps):
-            entry: dict[str, Any] = {
-                "step": first_step + t + 1,
-                "samples_id": [train_ids[i] for i in runs.batches[r, t] if i >= 0],
-            }
-            if runs.learning_rates is not None:
-                entry["learning_rate"] = float(runs.learning_rates[r, t])
-            lines.append(json.dumps(entry))
-        _write_text(run_dir / GPTFLUENCE_BATCHES, "\n".join(lines) + "\n")
-        steps = range(first_step, first_step + runs.num_steps + 1)
-        lines = [
-            json.dumps(
-                {
+    names = [f"run_{r:0{width}d}" for r in range(runs.num_runs)]
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "runs": names,
+        "train_ids": train_ids,
+        "test_ids": test_ids,
+        "batch_size": runs.batch_size,
+        "first_step": first_step,
+        "metadata": runs.metadata,
+    }
+    steps = range(first_step, first_step + runs.num_steps + 1)
+    with sio.replace_directory(out) as tmp:
+        for r, name in enumerate(names):
+            lines = []
+            for t in range(runs.num_steps):
+                entry: dict[str, Any] = {
+                    "step": first_step + t + 1,
+                    "samples_id": [train_ids[i] for i in runs.batches[r, t] if i >= 0],
+                }
+                if runs.learning_rates is not None:
+                    entry["learning_rate"] = float(runs.learning_rates[r, t])
+                lines.append(json.dumps(entry))
+            trajectories = [
+                json.dumps({
                     "id": tid,
                     "loss_trajectory": [
                         {"step": s, "loss": float(x)} for s, x in zip(steps, runs.losses[r, :, j])
                     ],
-                }
+                })
+                for j, tid in enumerate(test_ids)
+            ]  # fmt: skip
+            os.mkdir(tmp / name)  # 0o777 less the umask
+            sio.write_files(tmp / name, {
+                GPTFLUENCE_BATCHES: "\n".join(lines) + "\n",
+                GPTFLUENCE_LOSSES: "\n".join(trajectories) + "\n",
+            })  # fmt: skip
+        sio.write_files(tmp, {GPTFLUENCE_MANIFEST: sio.json_bytes(manifest)})
+    return [out / name for name in names]
+
+
+def _check_replaceable(out: Path, *, overwrite: bool) -> None:
+    """Raises unless ``out`` is new, empty, or (with ``overwrite``) holds only what
+    :func:`write_gptfluence` wrote there."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    manifest_file = out / GPTFLUENCE_MANIFEST
+    if not manifest_file.is_file():
+        raise ValueError(
+            f"{out} is not empty and was not written by write_gptfluence (it has no "
+            f"{GPTFLUENCE_MANIFEST}); nothing is replaced: choose a new or empty folder"
+        )
+    runs = set(_read_manifest(manifest_file)["runs"])
+    run_files = {GPTFLUENCE_BATCHES, GPTFLUENCE_LOSSES}
+
+    def plain(path: Path, names: set[str], is_dir: bool) -> bool:
+        kind_ok = path.is_dir() if is_dir else path.is_file()
+        return path.name in names and kind_ok and not path.is_symlink()
+
+    for entry in sorted(out.iterdir()):
+        if entry.name == GPTFLUENCE_MANIFEST:
+            continue
+        if not plain(entry, runs, is_dir=True):
+            foreign = entry
+        else:
+            foreign = next((f for f in sorted(entry.iterdir()) if not plain(f, run_files, False)),
+                           None)  # fmt: skip
+        if foreign is not None:
+            raise ValueError(
+                f"{out} holds {foreign}, which write_gptfluence did not write; nothing is "
+                "replaced: move it out or choose another folder"
             )
-            for j, tid in enumerate(test_ids)
-        ]
-        _write_text(run_dir / GPTFLUENCE_LOSSES, "\n".join(lines) + "\n")
-        dirs.append(run_dir)
-    return dirs
+    if not overwrite:
+        raise ValueError(
+            f"{out} already holds runs written by write_gptfluence; pass overwrite=True to "
+            "replace them"
+        )
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a folder written by :func:`write_gptfluence`, checked."""
+    what = "GPTfluence manifest"
+    meta = sio.read_json(path, what=what)
+    sio.check_format(path, meta, name=MANIFEST_FORMAT, version=MANIFEST_VERSION, what=what)
+    sio.check_keys(
+        path, meta, what=what, required=["runs", "train_ids", "test_ids", "batch_size"],
+        types={"runs": list, "train_ids": list, "test_ids": list, "batch_size": int,
+               "metadata": dict},
+    )  # fmt: skip
+    if not all(isinstance(name, str) and name for name in meta["runs"]):
+        raise ValueError(f"{path}: the runs of the {what} must be folder names")
+    for key in ("runs", "train_ids", "test_ids"):
+        values = meta[key]
+        if not values or not all(isinstance(i, int | str) and not isinstance(i, bool)
+                                 for i in values):  # fmt: skip
+            raise ValueError(f"{path}: {key} of the {what} must be integers or strings")
+        _id_kind(values, path, key)
+        try:
+            _id_list(values, key)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+    if meta["batch_size"] < 1:
+        raise ValueError(f"{path}: batch_size of the {what} is {meta['batch_size']}, not >= 1")
+    return meta
+
+
+def _manifest_for(run_dirs: Sequence[Path]) -> dict[str, Any] | None:
+    """The manifest that describes ``run_dirs``, if they were written by
+    :func:`write_gptfluence` into one folder; ``None`` if none of them was."""
+    holders = {d: d.parent / GPTFLUENCE_MANIFEST for d in run_dirs}
+    written = [d for d, m in holders.items() if m.is_file()]
+    if not written:
+        return None
+    first = holders[written[0]]
+    for d in run_dirs:
+        if holders[d] != first:
+            raise _error(d, None, f"the run is not in the folder of {first} (written by "
+                         "write_gptfluence) but is read with its runs; read the folders "
+                         "apart, or give the pool (train_ids=, --train_ids)")  # fmt: skip
+    manifest = _read_manifest(first)
+    for d in run_dirs:
+        if d.name not in manifest["runs"]:
+            raise _error(first, None, f"the manifest does not list the run {d}; it was not "
+                         "written by write_gptfluence (give the pool: train_ids=, "
+                         "--train_ids)")  # fmt: skip
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Id files: the pool or the test ids, for runs whose files do not carry them.
+
+
+def read_ids(path: str | os.PathLike) -> list[Id]:
+    """Ids from a file, in order: a JSON list (ids keep their JSON types), or one id a line
+    (blank lines skipped; integers when every id is a canonical integer, as in
+    :func:`read_long`). For ``train_ids=`` and ``test_ids=`` (``--train_ids``, ``--test_ids``).
+
+    Raises:
+      ValueError: ``FILE:LINE:`` for an id given twice, two spellings of one integer, a
+        value that is not an id, or a file with no ids.
+    """
+    path = _require_file(Path(path), "ids")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _error(path, None, f"not UTF-8 text ({e.reason})") from None
+    if text.lstrip().startswith("["):
+        try:
+            ids = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise _error(path, e.lineno, f"not a valid JSON list ({e.msg})") from None
+        if not isinstance(ids, list):
+            raise _error(path, None, "expected a JSON list of ids")
+        ids = [_check_id(i, path, None, "id") for i in ids]
+        _id_kind(ids, path, "ids")
+        try:
+            ids = _id_list(ids, "the list") if ids else ids
+        except ValueError as err:
+            raise _error(path, None, str(err)) from None
+    else:
+        where: dict[Id, tuple[Path, int]] = {}
+        for n, line in enumerate(text.splitlines(), start=1):
+            name = line.strip()
+            if not name:
+                continue
+            if name in where:
+                raise _error(path, n, f"id {name!r} appears twice (also on line {where[name][1]})")
+            where[name] = (path, n)
+        ids = list(_settle_ids(where, "id").values())
+    if not ids:
+        raise _error(path, None, "no ids (the file is empty)")
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,6 +805,8 @@ def read_long(
     *,
     pad: bool = False,
     train_ids: Sequence[Id] | np.ndarray | None = None,
+    test_ids: Sequence[Id] | np.ndarray | None = None,
+    batch_size: int | None = None,
 ) -> RunSet:
     """Reads runs in long form (CSV with a header row, or JSON lines) into a ``RunSet``.
 
@@ -560,9 +817,14 @@ def read_long(
       pad: accept runs of different lengths by cutting all of them to the shortest.
       train_ids: the pool of training ids; batch entries become positions in it. Defaults
         to the sorted distinct ids the runs use.
+      test_ids: the test examples in the order to keep (exactly those logged). Defaults to
+        the order of their first appearance.
+      batch_size: the batch width B (at least the widest batch). Defaults to the widest.
 
     Runs keep the order of their first appearance in the losses file and are matched to the
-    curricula by name; ids read from CSV that all look like integers become integers. The
+    curricula by name. Ids are compared as the file spells them; text ids become integers
+    only when every test id (or every training id) of the file is a canonical integer
+    (``7``, not ``07`` or ``+7``), and two spellings of one integer are an error. The
     format is told by the suffix (``.csv``, ``.tsv``; ``.jsonl``, ``.json``, ``.ndjson``) or
     else by the first character (``{`` for JSON lines).
 
@@ -578,7 +840,7 @@ def read_long(
 
     # run -> step -> test id -> (loss, line)
     losses: dict[str, dict[int, dict[Id, tuple[float, int]]]] = {}
-    test_order: dict[Id, None] = {}
+    test_where: dict[Id, tuple[Path, int]] = {}  # first line of every test id, in order
     for n, row in _table_rows(losses_path, LOSS_COLUMNS):
         run = str(row["run"])
         step = _check_step(row["step"], losses_path, n)
@@ -593,12 +855,13 @@ def read_long(
                 f"appears twice (also on line {at_step[tid][1]})",
             )
         at_step[tid] = (loss, n)
-        test_order.setdefault(tid, None)
+        test_where.setdefault(tid, (losses_path, n))
     if not losses:
         raise _error(losses_path, None, "no rows (the file is empty)")
 
     # run -> step -> (ids, lr, line)
     curricula: dict[str, dict[int, tuple[list[Id], float | None, int]]] = {}
+    train_where: dict[Id, tuple[Path, int]] = {}
     with_lr: tuple[bool, int] | None = None
     for n, row in _table_rows(curricula_path, CURRICULUM_COLUMNS):
         run = str(row["run"])
@@ -615,6 +878,8 @@ def read_long(
                 f"run {run!r}, step {step} appears twice (also on line {steps[step][2]})",
             )
         steps[step] = (ids, lr, n)
+        for i in ids:
+            train_where.setdefault(i, (curricula_path, n))
     if not curricula:
         raise _error(curricula_path, None, "no rows (the file is empty)")
     for run in curricula:
@@ -624,8 +889,8 @@ def read_long(
                 curricula_path, line, f"run {run!r} has batches but no losses in {losses_path}"
             )
 
-    all_test = _ints_if_all_ints(list(test_order))
-    as_logged = dict(zip(test_order, all_test))
+    as_test = _settle_ids(test_where, "test id", kind=_kind_of(test_ids))
+    as_train = _settle_ids(train_where, "training id", kind=_kind_of(train_ids))
     runs = []
     for run, by_step in losses.items():
         steps = sorted(by_step)
@@ -686,20 +951,18 @@ def read_long(
                 name=run,
                 losses_file=losses_path,
                 batches_file=curricula_path,
-                test_ids=[as_logged[t] for t in tids],
+                test_ids=[as_test[t] for t in tids],
                 losses=matrix,
-                batches=[batches[s][0] for s in kept],
+                batches=[[as_train[i] for i in batches[s][0]] for s in kept],
                 batch_lines=[batches[s][2] for s in kept],
                 learning_rates=[batches[s][1] for s in kept] if with_lr[0] else None,
                 first_step=first,
             )
         )
-    # CSV ids are strings until all are seen; make training ids integers when all are.
-    flat = [i for run in runs for b in run.batches for i in b]
-    mapped = dict(zip(flat, _ints_if_all_ints(flat)))
-    for run in runs:
-        run.batches = [[mapped[i] for i in b] for b in run.batches]
-    return _assemble(runs, pad=pad, train_ids=train_ids, source="long")
+    return _assemble(
+        runs, pad=pad, train_ids=train_ids, test_ids=test_ids, batch_size=batch_size,
+        source="long",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -725,7 +988,55 @@ def _id_kind(ids: Iterable[Id], path: Path, what: str) -> None:
         raise _error(path, None, f"{what} mix integers and strings; use one kind")
 
 
-def _assemble(runs: list[_Run], *, pad: bool, train_ids, source: str) -> RunSet:
+def _kind_of(ids: Sequence[Id] | np.ndarray | None) -> type | None:
+    """``int`` or ``str``: the kind of a pool passed in (``None`` if none is)."""
+    if ids is None:
+        return None
+    kind = np.asarray(ids).dtype.kind
+    return int if kind in "iu" else str if kind == "U" else None
+
+
+def _id_list(ids: Sequence[Id] | np.ndarray, what: str) -> list[Id]:
+    """``ids`` as a list of distinct ints or strings; ``ValueError`` naming a duplicate."""
+    values = np.asarray(ids)
+    if values.ndim != 1 or values.dtype.kind not in "iuU":
+        raise ValueError(f"{what} must be a list of integers or strings, got {values!r}")
+    values = values.tolist()
+    first: dict[Id, int] = {}
+    for k, name in enumerate(values):
+        if name in first:
+            raise ValueError(f"{what} holds {name!r} twice (entries {first[name]} and {k})")
+        first[name] = k
+    return values
+
+
+def _test_order(ref: _Run, test_ids) -> list[Id]:
+    """The test ids of ``ref`` in the order of ``test_ids`` (the same set), or as logged."""
+    if test_ids is None:
+        return ref.test_ids
+    order = _id_list(test_ids, "test_ids")
+    logged = set(ref.test_ids)
+    missing = [t for t in ref.test_ids if t not in set(order)]
+    if missing:
+        raise _error(ref.losses_file, None, f"test example {missing[0]!r} is logged but not "
+                     "in test_ids; test_ids must list every logged test example")  # fmt: skip
+    extra = [t for t in order if t not in logged]
+    if extra:
+        raise _error(ref.losses_file, None, f"test_ids holds {extra[0]!r}, which run "
+                     f"{ref.name!r} does not log")  # fmt: skip
+    return order
+
+
+def _assemble(
+    runs: list[_Run],
+    *,
+    pad: bool,
+    train_ids,
+    source: str,
+    test_ids=None,
+    batch_size: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> RunSet:
     ref = runs[0]
     ref_set = set(ref.test_ids)
     for run in runs[1:]:
@@ -745,6 +1056,7 @@ def _assemble(runs: list[_Run], *, pad: bool, train_ids, source: str) -> RunSet:
                 f"run {run.name!r} has test example {extra[0]!r}, which run {ref.name!r} lacks",
             )
     _id_kind(ref.test_ids, ref.losses_file, "test ids")
+    test_order = _test_order(ref, test_ids)
 
     steps = common_length(
         [r.num_steps for r in runs], [f"{r.losses_file} (run {r.name!r})" for r in runs], pad=pad
@@ -766,14 +1078,20 @@ def _assemble(runs: list[_Run], *, pad: bool, train_ids, source: str) -> RunSet:
         _id_kind(seen, runs[0].batches_file, "training ids (across runs)")
         pool = sorted(seen)
     else:
-        pool = np.asarray(train_ids).tolist()
-        if len(set(pool)) != len(pool):
-            raise ValueError("train_ids has duplicates")
+        pool = _id_list(train_ids, "train_ids")
     position = {name: i for i, name in enumerate(pool)}
 
     width = max(len(b) for r in runs for b in r.batches[:steps])
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if batch_size < width:
+            run, t = next((r, t) for r in runs for t in range(steps) if len(r.batches[t]) == width)
+            raise _error(run.batches_file, run.batch_lines[t], f"the batch has {width} ids, "
+                         f"more than batch_size = {batch_size}")  # fmt: skip
+        width = batch_size
     batches = np.full((len(runs), steps, width), -1, np.int32)
-    losses = np.empty((len(runs), steps + 1, len(ref.test_ids)), np.float32)
+    losses = np.empty((len(runs), steps + 1, len(test_order)), np.float32)
     for k, run in enumerate(runs):
         for t, batch in enumerate(run.batches[:steps]):
             for slot, name in enumerate(batch):
@@ -785,12 +1103,13 @@ def _assemble(runs: list[_Run], *, pad: bool, train_ids, source: str) -> RunSet:
                     )
                 batches[k, t, slot] = position[name]
         column = {t: j for j, t in enumerate(run.test_ids)}
-        order = [column[t] for t in ref.test_ids]
+        order = [column[t] for t in test_order]
         losses[k] = run.losses[: steps + 1][:, order]
     learning_rates = None
     if all(has_lr):
         learning_rates = np.asarray([r.learning_rates[:steps] for r in runs], np.float32)
-    metadata: dict[str, Any] = {
+    metadata = {
+        **(metadata or {}),
         "source": source,
         "runs": [r.name for r in runs],
         "first_step": ref.first_step
@@ -799,12 +1118,15 @@ def _assemble(runs: list[_Run], *, pad: bool, train_ids, source: str) -> RunSet:
     }
     if any(r.num_steps != steps for r in runs):
         metadata["logged_steps"] = {r.name: r.num_steps for r in runs}
-    return RunSet(
-        batches=batches,
-        losses=losses,
-        num_train=len(pool),
-        train_ids=np.asarray(pool),
-        test_ids=np.asarray(ref.test_ids),
-        metadata=metadata,
-        learning_rates=learning_rates,
-    )
+    try:
+        return RunSet(
+            batches=batches,
+            losses=losses,
+            num_train=len(pool),
+            train_ids=np.asarray(pool),
+            test_ids=np.asarray(test_order),
+            metadata=metadata,
+            learning_rates=learning_rates,
+        )
+    except ValueError as err:  # every value was checked above; name the input all the same
+        raise _error(ref.losses_file, None, str(err)) from None

@@ -6,18 +6,24 @@ the source, and one test per kind of malformed input asserting the ValueError's 
 """
 
 import csv
+import dataclasses
 import json
+import os
+import re
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from simfluence_jax import fit_simulator
+from simfluence_jax import cli, fit_simulator
 from simfluence_jax.importers import (
     GPTFLUENCE_BATCHES,
     GPTFLUENCE_LOSSES,
+    GPTFLUENCE_MANIFEST,
     find_run_dirs,
     read_gptfluence,
+    read_ids,
     read_long,
     write_gptfluence,
 )
@@ -88,12 +94,15 @@ def test_string_ids_and_learning_rates_round_trip(tmp_path, source):
 
 
 def test_integer_ids_map_to_positions_unless_the_pool_is_given(tmp_path):
+    """Without the manifest (as in runs logged elsewhere) the pool is the ids the runs use."""
     runs = RunSet(
         batches=np.array([[[10, 30]], [[20, 10]]]),
         losses=np.ones((2, 2, 2)),
         train_ids=None,
     )
     dirs = write_gptfluence(runs, tmp_path)
+    _assert_same(read_gptfluence(dirs), runs)
+    (tmp_path / GPTFLUENCE_MANIFEST).unlink()
     mapped = read_gptfluence(dirs)
     np.testing.assert_array_equal(mapped.train_ids, [10, 20, 30])
     np.testing.assert_array_equal(mapped.batches[:, 0], [[0, 2], [1, 0]])
@@ -107,7 +116,9 @@ def test_runs_in_the_order_given_and_found_by_parent_or_glob(tmp_path, source):
     parent = tmp_path / "rte"
     parent.mkdir()
     for r, name in [(0, "seed-2"), (1, "seed-10"), (2, "seed-1")]:
-        write_gptfluence(source.select([r]), tmp_path / "tmp")[0].rename(parent / name)
+        write_gptfluence(source.select([r]), tmp_path / "tmp", overwrite=True)[0].rename(
+            parent / name
+        )
     natural = ["seed-1", "seed-2", "seed-10"]
     assert [p.name for p in find_run_dirs([parent])] == natural
     assert [p.name for p in find_run_dirs([str(parent / "seed-*")])] == natural
@@ -294,7 +305,8 @@ def test_nan_and_infinite_losses(run_dirs):
 
 
 def test_runs_of_different_lengths_need_pad(tmp_path, source):
-    dirs = write_gptfluence(source.select([0, 1]), tmp_path)
+    dirs = write_gptfluence(source.select([0, 1]), tmp_path / "long")
+    (tmp_path / "long" / GPTFLUENCE_MANIFEST).unlink()
     short = source.select([1])
     short = RunSet(batches=short.batches[:, :5], losses=short.losses[:, :6])
     write_gptfluence(short, tmp_path / "short")[0].rename(tmp_path / "b")
@@ -385,4 +397,309 @@ def test_long_form_jsonl_truncation_and_mixed_ids(tmp_path, source):
     n = len(text.splitlines())
     _raises(rf"losses.jsonl:{n}: not valid JSON .*truncated line\?", read_long, losses, curricula)
     losses.write_text(text.replace('"test_id": 0', '"test_id": "0"'))
-    _raises(r"losses.jsonl: test ids mix integers and strings", read_long, losses, curricula)
+    _raises(r"losses.jsonl:5: test ids mix integers and strings \('0' here, 4 at .*"
+            r"losses.jsonl:1\)", read_long, losses, curricula)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Ids are never guessed: spellings of one integer, duplicates, one directory twice.
+
+
+def _tiny_long(folder: Path, test_ids=("1", "2"), batches=("1;2", "3;4"), suffix="csv", bom=""):
+    """One run of two steps in long-form CSV; test and training ids spelled as given."""
+    losses, curricula = folder / f"losses.{suffix}", folder / f"curricula.{suffix}"
+    rows = [f"r,{t},{tid},{1.0 / (t + 1 + j)}" for t in range(3) for j, tid in enumerate(test_ids)]
+    losses.write_text(bom + "run,step,test_id,loss\n" + _join(rows))
+    rows = [f"r,{t + 1},{batch}" for t, batch in enumerate(batches)]
+    curricula.write_text(bom + "run,step,train_ids\n" + _join(rows))
+    return losses, curricula
+
+
+@pytest.mark.parametrize(("one", "other"), [("1", "01"), ("7", "+7"), ("0", "-0")])
+def test_long_form_ids_that_spell_one_integer_are_an_error(tmp_path, one, other):
+    files = _tiny_long(tmp_path, batches=(f"{one};2", f"{other};4"))
+    _raises(rf"curricula.csv:3: training id '{re.escape(other)}' and training id '{one}' \(at "
+            r".*curricula.csv:2\) spell the same integer", read_long, *files)  # fmt: skip
+    files = _tiny_long(tmp_path, test_ids=(one, other))
+    _raises(rf"losses.csv:3: test id '{re.escape(other)}' and test id '{one}' \(at "
+            r".*losses.csv:2\) spell the same integer", read_long, *files)  # fmt: skip
+
+
+def test_json_strings_with_spaces_spell_the_same_integer(tmp_path):
+    _, curricula = _tiny_long(tmp_path)
+    losses = tmp_path / "losses.jsonl"
+    rows = [{"run": "r", "step": t, "test_id": tid, "loss": 1.0} for t in range(3)
+            for tid in ("3", " 3")]  # fmt: skip
+    losses.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    _raises(r"losses.jsonl:2: test id ' 3' and test id '3' \(at .*losses.jsonl:1\)", read_long,
+            losses, curricula)  # fmt: skip
+
+
+def test_long_form_ids_become_integers_only_when_all_are_canonical(tmp_path):
+    runs = read_long(*_tiny_long(tmp_path, batches=("10;2", "3;-4")))
+    assert runs.train_ids.tolist() == [-4, 2, 3, 10] and runs.test_ids.tolist() == [1, 2]
+    runs = read_long(*_tiny_long(tmp_path, test_ids=("01", "2"), batches=("10;02", "3;4")))
+    assert runs.train_ids.tolist() == ["02", "10", "3", "4"]  # strings, sorted as strings
+    assert runs.test_ids.tolist() == ["01", "2"]
+    # A pool of strings keeps canonical spellings as strings.
+    runs = read_long(*_tiny_long(tmp_path), train_ids=["4", "3", "2", "1"])
+    assert runs.train_ids.tolist() == ["4", "3", "2", "1"]
+    np.testing.assert_array_equal(runs.batches[0], [[3, 2], [1, 0]])
+
+
+def test_duplicate_and_all_duplicate_ids_are_an_error(tmp_path, source):
+    files = _tiny_long(tmp_path)
+    _raises(r"train_ids holds 1 twice \(entries 0 and 3\)", read_long, *files,
+            train_ids=[1, 2, 3, 1, 4])  # fmt: skip
+    _raises(r"train_ids holds 5 twice \(entries 0 and 1\)", read_long, *files,
+            train_ids=[5, 5, 5])  # fmt: skip
+    _raises(r"test_ids holds 2 twice", read_long, *files, test_ids=[2, 2])
+    files = _tiny_long(tmp_path, test_ids=("9", "9"))
+    _raises(r"losses.csv:3: run 'r', step 0, test example '9' appears twice \(also on line 2\)",
+            read_long, *files)  # fmt: skip
+    run_dir = write_gptfluence(source.select([0]), tmp_path / "g")[0]
+    _edit_lines(run_dir / GPTFLUENCE_LOSSES, lambda lines: [lines[0].replace('"id": 0', '"id": 1'),
+                *lines[1:]])  # fmt: skip
+    _raises(rf"{GPTFLUENCE_LOSSES}:2: test example 1 appears twice \(also on line 1\)",
+            read_gptfluence, [run_dir])  # fmt: skip
+
+
+def test_test_ids_order_and_batch_size_can_be_given(tmp_path):
+    files = _tiny_long(tmp_path)
+    runs = read_long(*files, test_ids=[2, 1], batch_size=5)
+    assert runs.test_ids.tolist() == [2, 1] and runs.batch_size == 5
+    np.testing.assert_array_equal(runs.losses, read_long(*files).losses[:, :, ::-1])
+    _raises(r"losses.csv: test example 2 is logged but not in test_ids", read_long, *files,
+            test_ids=[1])  # fmt: skip
+    _raises(r"losses.csv: test_ids holds 3, which run 'r' does not log", read_long, *files,
+            test_ids=[1, 2, 3])  # fmt: skip
+    _raises(r"curricula.csv:2: the batch has 2 ids, more than batch_size = 1", read_long, *files,
+            batch_size=1)  # fmt: skip
+
+
+def test_one_run_directory_twice_is_an_error(tmp_path, source):
+    dirs = write_gptfluence(source.select([0, 1]), tmp_path / "g")
+    _raises(rf"run_000: the same run directory as {dirs[0]}, given twice", read_gptfluence,
+            [dirs[0], dirs[1], dirs[0]])  # fmt: skip
+    (tmp_path / "link").symlink_to(dirs[1])
+    _raises(rf"link: the same run directory as {dirs[1]}, reached twice", read_gptfluence,
+            [*dirs, tmp_path / "link"])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Text as other tools write it: a byte-order mark, very long fields, huge numbers.
+
+
+def test_a_byte_order_mark_is_accepted_in_both_formats(tmp_path, source):
+    plain = read_long(*_tiny_long(tmp_path))
+    _assert_same(read_long(*_tiny_long(tmp_path, bom="\ufeff")), plain)
+    losses, curricula = _write_long_jsonl(source.select([0]), tmp_path)
+    expected = read_long(losses, curricula)
+    for path in (losses, curricula):
+        path.write_text("\ufeff" + path.read_text())
+    _assert_same(read_long(losses, curricula), expected)
+    dirs = write_gptfluence(source.select([0, 1]), tmp_path / "g")
+    for name in (GPTFLUENCE_BATCHES, GPTFLUENCE_LOSSES):
+        path = dirs[1] / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    _assert_same(read_gptfluence(dirs, train_ids=source.train_ids), source.select([0, 1]))
+
+
+def test_a_batch_of_200k_ids_in_csv(tmp_path):
+    ids = ";".join(str(i) for i in range(200_000))
+    runs = read_long(*_tiny_long(tmp_path, batches=(ids, "3")))
+    assert runs.batches.shape == (1, 2, 200_000) and runs.num_train == 200_000
+    np.testing.assert_array_equal(runs.batches[0, 0], np.arange(200_000))
+
+
+def test_a_loss_float32_cannot_hold_names_the_file_and_line(tmp_path, source):
+    losses, curricula = _tiny_long(tmp_path)
+    _edit_lines(losses, lambda lines: [*lines[:3], "r,1,2,1e300", *lines[4:]])
+    _raises(r"losses.csv:4: the loss of test example '2' is 1e\+300, beyond float32's range",
+            read_long, losses, curricula)  # fmt: skip
+    run_dir = write_gptfluence(source.select([0]), tmp_path / "g")[0]
+    path = run_dir / GPTFLUENCE_LOSSES
+    path.write_text(re.sub(r'"loss": [^,}]+', '"loss": -1e300', path.read_text(), count=1))
+    _raises(rf"run_000/{GPTFLUENCE_LOSSES}:1: the loss of test example 0 at step 0 is -1e\+300",
+            read_gptfluence, [run_dir])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# write_gptfluence: exact round trips, replacing only its own folders, the umask.
+
+IMPORTER_KEYS = ("source", "runs", "first_step")
+
+
+def _assert_exact(back: RunSet, runs: RunSet):
+    """Every field of the run set, the importer's own metadata keys aside."""
+    _assert_same(back, runs)
+    assert back.batch_size == runs.batch_size
+    assert back.train_ids.dtype.kind == runs.train_ids.dtype.kind
+    assert back.test_ids.dtype.kind == runs.test_ids.dtype.kind
+    if runs.learning_rates is None:
+        assert back.learning_rates is None
+    else:
+        assert back.learning_rates.dtype == np.float32
+        np.testing.assert_array_equal(back.learning_rates, runs.learning_rates)
+    assert {k: v for k, v in back.metadata.items() if k not in IMPORTER_KEYS} == runs.metadata
+
+
+@pytest.fixture(scope="module")
+def sparse():
+    """A generated run set that leaves 43 of 150 pool ids unused, with learning rates."""
+    runs = make_problem(num_train=150, num_test=4, num_runs=4, subset=40, seed=2).runs
+    assert runs.num_train - runs.used_ids().sum() == 43
+    lr = np.linspace(0.3, 0.01, runs.num_steps, dtype=np.float32)[None].repeat(4, 0)
+    return dataclasses.replace(runs, learning_rates=lr)
+
+
+def test_write_then_read_is_exact_with_unused_pool_ids(tmp_path, sparse):
+    back = read_gptfluence(write_gptfluence(sparse, tmp_path / "g"))
+    _assert_exact(back, sparse)
+    assert back.num_train == 150
+    _assert_exact(read_gptfluence(tmp_path / "g"), sparse)  # the folder itself
+    subset = read_gptfluence([tmp_path / "g" / "run_003", tmp_path / "g" / "run_001"])
+    _assert_exact(subset, sparse.select([3, 1]))
+
+
+def test_write_then_import_through_the_cli_is_exact(tmp_path, sparse):
+    write_gptfluence(sparse, tmp_path / "g", first_step=1)
+    out = tmp_path / "imported"
+    assert cli.main(["import", "gptfluence", str(tmp_path / "g"), "--out", str(out)]) == 0
+    _assert_exact(RunSet.load(out), sparse)
+
+
+def test_string_ids_keep_their_order_and_a_batch_never_full_keeps_b(tmp_path, source):
+    names = [f"doc-{i}" for i in range(source.num_train)][::-1]  # not sorted
+    padded = np.concatenate([source.batches, np.full((*source.batches.shape[:2], 2), -1)], 2)
+    runs = RunSet(
+        batches=padded, losses=source.losses, train_ids=names,
+        test_ids=["q9", "q10", "q1", "a", "b"], metadata={"seeds": list(range(8))},
+    )  # fmt: skip
+    assert runs.batch_size == 6 and (padded[:, :, 4:] == -1).all()
+    back = read_gptfluence(write_gptfluence(runs, tmp_path / "g"))
+    _assert_exact(back, runs)
+    assert back.train_ids.tolist() == names and back.test_ids.tolist()[:3] == ["q9", "q10", "q1"]
+    picked = read_gptfluence([tmp_path / "g" / "run_005", tmp_path / "g" / "run_002"])
+    assert picked.metadata["seeds"] == [5, 2]
+
+
+def test_write_refuses_a_folder_it_holds_runs_in_unless_asked_then_replaces_it(tmp_path, source):
+    folder = tmp_path / "g"
+    write_gptfluence(source.select(range(5)), folder)
+    three = source.select([5, 6, 7])
+    _raises(r"g already holds runs written by write_gptfluence; pass overwrite=True",
+            write_gptfluence, three, folder)  # fmt: skip
+    assert len(read_gptfluence(folder).batches) == 5  # untouched
+    dirs = write_gptfluence(three, folder, overwrite=True)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [*(d.name for d in dirs), GPTFLUENCE_MANIFEST]
+    back = read_gptfluence(folder)
+    assert back.num_runs == 3
+    _assert_exact(back, three)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_write_never_replaces_a_folder_holding_files_it_did_not_write(tmp_path, source):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    _raises(r"mine is not empty and was not written by write_gptfluence", write_gptfluence,
+            source, mine, overwrite=True)  # fmt: skip
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    folder = tmp_path / "g"
+    dirs = write_gptfluence(source.select([0, 1]), folder)
+    for user_file in (folder / "notes.txt", dirs[1] / "plot.png"):
+        user_file.write_text("keep me")
+        _raises(rf"g holds {user_file}, which write_gptfluence did not write", write_gptfluence,
+                source, folder, overwrite=True)  # fmt: skip
+        assert user_file.read_text() == "keep me"
+        _assert_exact(read_gptfluence(folder), source.select([0, 1]))
+        user_file.unlink()
+    (folder / "extra").mkdir()
+    _raises(r"holds .*extra, which write_gptfluence did not write", write_gptfluence, source,
+            folder, overwrite=True)  # fmt: skip
+    (tmp_path / "file").write_text("")
+    _raises(r"file is a file, not a folder", write_gptfluence, source, tmp_path / "file")
+
+
+def test_write_refuses_repeated_ids(tmp_path, source):
+    twice = RunSet(batches=source.batches, losses=source.losses, train_ids=[7] * 36)
+    _raises(r"the run set's train_ids holds 7 twice", write_gptfluence, twice, tmp_path)
+    twice = RunSet(batches=source.batches, losses=source.losses, test_ids=["q"] * 5)
+    _raises(r"the run set's test_ids holds 'q' twice", write_gptfluence, twice, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755),
+                                                              (0o077, 0o600, 0o700)])  # fmt: skip
+def test_written_files_follow_the_umask(tmp_path, source, umask, file_mode, dir_mode):
+    old = os.umask(umask)
+    try:
+        dirs = write_gptfluence(source.select([0]), tmp_path / "g")
+    finally:
+        os.umask(old)
+    files = [tmp_path / "g" / GPTFLUENCE_MANIFEST, *(dirs[0] / n for n in (GPTFLUENCE_BATCHES,
+             GPTFLUENCE_LOSSES))]  # fmt: skip
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(file_mode)}
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in (tmp_path / "g", dirs[0])} == {
+        oct(dir_mode)
+    }
+
+
+def test_a_damaged_manifest_names_itself(tmp_path, source):
+    write_gptfluence(source.select([0]), tmp_path / "g")
+    manifest = tmp_path / "g" / GPTFLUENCE_MANIFEST
+    meta = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**meta, "train_ids": [1, 1]}))
+    _raises(rf"{GPTFLUENCE_MANIFEST}: train_ids holds 1 twice", read_gptfluence, tmp_path / "g")
+    manifest.write_text(json.dumps({**meta, "version": 99}))
+    _raises(r"format version 99", read_gptfluence, tmp_path / "g")
+    manifest.write_text(json.dumps({**meta, "runs": ["run_001"]}))
+    _raises(r"the manifest does not list the run .*run_000", read_gptfluence, tmp_path / "g")
+
+
+# ---------------------------------------------------------------------------------------------
+# The pool from files, for runs that do not carry it (``--train_ids``, ``--test_ids``).
+
+
+def test_id_files(tmp_path):
+    path = tmp_path / "ids.txt"
+    for text, ids in [("3\n\n10\n-1\n", [3, 10, -1]), ("\ufeffb\na\n", ["b", "a"]),
+                      ("07\n10\n", ["07", "10"]), ('["1", 2]', None), ('["x", "1"]', ["x", "1"]),
+                      ("[3, 1]", [3, 1])]:  # fmt: skip
+        path.write_text(text)
+        if ids is None:
+            _raises(r"ids.txt: ids mix integers and strings", read_ids, path)
+        else:
+            assert read_ids(path) == ids
+    for text, match in [("1\n2\n1\n", r"ids.txt:3: id '1' appears twice \(also on line 1\)"),
+                        ("5\n5\n5\n", r"ids.txt:2: id '5' appears twice"),
+                        ("1\n01\n", r"ids.txt:2: id '01' and id '1' \(at .*ids.txt:1\) spell"),
+                        ('["a", "a"]', r"ids.txt: the list holds 'a' twice"),
+                        ("\n\n", r"ids.txt: no ids"),
+                        ("[true]", r"id True is not an integer")]:  # fmt: skip
+        path.write_text(text)
+        _raises(match, read_ids, path)
+
+
+def test_cli_import_takes_the_pool_from_files(tmp_path, sparse):
+    """Long-form files do not carry the pool, the test order or B; the options give them."""
+    losses, curricula = _write_long_csv(sparse, tmp_path)
+    pool, tests = tmp_path / "pool.txt", tmp_path / "tests.json"
+    pool.write_text("".join(f"{i}\n" for i in sparse.train_ids.tolist()))
+    tests.write_text(json.dumps(sparse.test_ids.tolist()[::-1]))
+    argv = ["import", "long", "--losses", str(losses), "--curricula", str(curricula)]
+    assert cli.main([*argv, "--out", str(tmp_path / "bare")]) == 0
+    assert RunSet.load(tmp_path / "bare").num_train == 107  # only the ids the runs use
+    argv += ["--train_ids", str(pool), "--test_ids", str(tests), "--batch_size", "6"]
+    assert cli.main([*argv, "--out", str(tmp_path / "full")]) == 0
+    back = RunSet.load(tmp_path / "full")
+    assert (back.num_train, back.batch_size) == (150, 6)
+    np.testing.assert_array_equal(back.batches[:, :, :4], sparse.batches)
+    np.testing.assert_array_equal(back.losses, sparse.losses[:, :, ::-1])
+    dirs = write_gptfluence(sparse, tmp_path / "g")
+    (tmp_path / "g" / GPTFLUENCE_MANIFEST).unlink()  # as runs logged elsewhere
+    argv = ["import", "gptfluence", *map(str, dirs), "--train_ids", str(pool)]
+    assert cli.main([*argv, "--out", str(tmp_path / "g_imported")]) == 0
+    _assert_exact(RunSet.load(tmp_path / "g_imported"), dataclasses.replace(sparse, metadata={}))
