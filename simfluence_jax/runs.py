@@ -51,6 +51,14 @@ def _as_id_array(values: Sequence[Any] | None, n: int, what: str) -> np.ndarray:
         raise ValueError(f"{what} must be one-dimensional, got shape {arr.shape}")
     if arr.dtype.kind not in "iuU":
         raise ValueError(f"{what} must hold integers or strings, got dtype {arr.dtype}")
+    values, first, counts = np.unique(arr, return_index=True, return_counts=True)
+    if np.any(counts > 1):
+        k = int(np.argmax(counts > 1))
+        again = int(np.flatnonzero(arr == values[k])[1])
+        raise ValueError(
+            f"{what} name example {values[k].item()!r} twice (positions {first[k]} and {again}); "
+            "every example needs its own id"
+        )
     return arr
 
 

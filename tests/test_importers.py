@@ -623,12 +623,12 @@ def test_write_never_replaces_a_folder_holding_files_it_did_not_write(tmp_path, 
     _raises(r"file is a file, not a folder", write_gptfluence, source, tmp_path / "file")
 
 
-def test_write_refuses_repeated_ids(tmp_path, source):
-    twice = RunSet(batches=source.batches, losses=source.losses, train_ids=[7] * 36)
-    _raises(r"the run set's train_ids holds 7 twice", write_gptfluence, twice, tmp_path)
-    twice = RunSet(batches=source.batches, losses=source.losses, test_ids=["q"] * 5)
-    _raises(r"the run set's test_ids holds 'q' twice", write_gptfluence, twice, tmp_path)
-    assert not any(tmp_path.iterdir())
+def test_a_run_set_with_repeated_ids_cannot_even_be_made(tmp_path, source):
+    # write_gptfluence also checks, but RunSet itself refuses repeated ids first.
+    with pytest.raises(ValueError, match=r"train_ids name example 7 twice"):
+        RunSet(batches=source.batches, losses=source.losses, train_ids=[7] * 36)
+    with pytest.raises(ValueError, match=r"test_ids name example 'q' twice"):
+        RunSet(batches=source.batches, losses=source.losses, test_ids=["q"] * 5)
 
 
 @pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755),

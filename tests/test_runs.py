@@ -137,3 +137,15 @@ def test_failed_save_leaves_existing_run_set_intact(tmp_path, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(RunSet.load(path).losses, rs.losses)
     assert [p.name for p in tmp_path.iterdir()] == ["runs"]
+
+
+@pytest.mark.parametrize("key", ["train_ids", "test_ids"])
+def test_duplicate_ids_are_refused(key):
+    batches, losses = _arrays()
+    ids = {"train_ids": list(range(12)), "test_ids": list("abcde")}
+    ids[key] = ids[key][:-1] + ids[key][:1]  # the last repeats the first
+    with pytest.raises(ValueError, match=rf"{key} name example .* twice \(positions 0 and"):
+        RunSet(batches=batches, losses=losses, num_train=12, **ids)
+    same = {"train_ids": [5] * 12, "test_ids": ["x"] * 5}[key]
+    with pytest.raises(ValueError, match=f"{key} name example"):
+        RunSet(batches=batches, losses=losses, num_train=12, **{key: same})
