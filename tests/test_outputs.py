@@ -127,6 +127,8 @@ def test_out_dot_and_gin_typos_are_clear(saved, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_writers_follow_the_umask(saved, tmp_path, umask):
+    from simfluence_jax.importers import write_gptfluence
+
     old = os.umask(umask)
     try:
         log = RunLogger(tmp_path / "log", num_test=2, num_train=4)
@@ -136,9 +138,14 @@ def test_writers_follow_the_umask(saved, tmp_path, umask):
         runs = log.close()
         runs.save(tmp_path / "runset")
         assert _fit(saved, tmp_path / "sims") == 0
+        argv = ["report", "--runs", str(saved), "--simulators", str(tmp_path / "sims")]
+        assert cli.main([*argv, "--out", str(tmp_path / "report"), *SPLIT]) == 0
+        write_gptfluence(runs, tmp_path / "gpt")
+        argv = ["import", "gptfluence", str(tmp_path / "gpt"), "--out", str(tmp_path / "imp")]
+        assert cli.main(argv) == 0
     finally:
         os.umask(old)
-    for folder in ("log", "runset", "sims"):
+    for folder in ("log", "runset", "sims", "report", "gpt", "imp"):
         for path in [tmp_path / folder, *(tmp_path / folder).rglob("*")]:
             if path.name == "LOCK":
                 continue  # a lock file must stay writable by whoever takes the lock next
