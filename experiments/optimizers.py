@@ -14,8 +14,9 @@ gradient baselines; a learning curve over 16, 32 and 48 fitting runs; and the in
 
 Runs and gradient scores are cached in ``outputs/runs_cache`` (shared with the fidelity
 matrix, whose MiniLM/polarity rows are these settings): a re-run only redoes what is
-missing. Writes ``results.json`` and ``report.md`` under ``--out`` (default
-``outputs/optimizers``).
+missing. Writes ``results.json``, ``report.md`` and ``operative_config.gin`` (the gin config of
+every setting) under ``--out`` (default ``outputs/optimizers``; created, locked while the
+experiment runs, refused if it holds files we did not write).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 import simfluence_jax as sj
+from simfluence_jax import outputs
+from simfluence_jax.io import atomic_write
 from simfluence_jax.pipeline import study
 from simfluence_jax.runs import RunSet
 
@@ -172,24 +175,31 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default="outputs/runs_cache")
     parser.add_argument("--runs_only", action="store_true", help="make the runs, fit nothing")
     args = parser.parse_args(argv)
-    out = Path(args.out)
     names = [n for n in args.optimizers.split(",") if n]
     unknown = sorted(set(names) - set(SETTINGS))
     if unknown:
         raise SystemExit(f"unknown settings {unknown}; known: {', '.join(SETTINGS)}")
-    results = {}
-    for name in names:
-        t0 = time.perf_counter()
-        runs, grads = make_runs(name, Path(args.cache))
-        print(f"[optimizers] {name}: runs and gradients ready ({time.perf_counter() - t0:.0f} s)")
-        if args.runs_only:
-            continue
-        results[name] = analyse(name, runs, grads)
-        print(f"[optimizers] {name}: fitted and scored in {results[name]['fit_seconds']:.0f} s")
-    if results:
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-        (out / "report.md").write_text(render(results))
-        print(render(results))
+    from simfluence_jax import cli
+
+    # One writer for --out, refused if it holds files we did not write; written atomically.
+    with outputs.claim(args.out, command="python -m experiments.optimizers") as out:
+        results, configs = {}, []
+        for name in names:
+            t0 = time.perf_counter()
+            runs, grads = make_runs(name, Path(args.cache))
+            configs.append(f"# setting {name!r}\n{cli.operative_config()}")
+            print(
+                f"[optimizers] {name}: runs and gradients ready ({time.perf_counter() - t0:.0f} s)"
+            )
+            if args.runs_only:
+                continue
+            results[name] = analyse(name, runs, grads)
+            print(f"[optimizers] {name}: fitted and scored in {results[name]['fit_seconds']:.0f} s")
+        atomic_write(out / "operative_config.gin", "\n".join(configs))
+        if results:
+            atomic_write(out / "results.json", json.dumps(results, indent=1))
+            atomic_write(out / "report.md", render(results))
+            print(render(results))
     return 0
 
 
