@@ -50,10 +50,10 @@ import numpy as np
 
 import simfluence_jax as sj
 from experiments import beyond_report
-from simfluence_jax import lds, search
+from simfluence_jax import lds, outputs, search
 from simfluence_jax.evaluation import score
 from simfluence_jax.fitting import simulator_group
-from simfluence_jax.io import atomic_write, make_dirs
+from simfluence_jax.io import atomic_write
 from simfluence_jax.rollout import UnseenExampleWarning
 from simfluence_jax.sampling import sample_curricula
 
@@ -271,119 +271,122 @@ def main(argv=None) -> Path:
     from simfluence_jax.reports.render import json_text
 
     exp, cfg, fit_cfg, config_text = parse(sys.argv[1:] if argv is None else argv)
-    out = make_dirs(exp.output_dir)
-    atomic_write(out / "operative_config.gin", config_text)
-    if cfg.subset_size is None:
-        raise ValueError("beyond needs RunsConfig.subset_size (each run a random subset)")
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    setup = prepare(cfg)
-    task, steps, seed = setup.task, setup.num_steps, cfg.seed
-    subset, bsz = cfg.subset_size, cfg.batch_size
-    N, M = len(task.train_texts), len(task.test_texts)
-    train = Trainer(setup, out, seed)
-    _log(f"task {task.name}: {N} pool / {M} test examples; computing MiniLM features")
-    features = make_features(task)
-    timings["prepare_s"] = time.perf_counter() - t0
+    # One writer for the folder, refused if it holds files we did not write.
+    with outputs.claim(exp.output_dir, command="python -m experiments.beyond") as out:
+        atomic_write(out / "operative_config.gin", config_text)
+        if cfg.subset_size is None:
+            raise ValueError("beyond needs RunsConfig.subset_size (each run a random subset)")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        setup = prepare(cfg)
+        task, steps, seed = setup.task, setup.num_steps, cfg.seed
+        subset, bsz = cfg.subset_size, cfg.batch_size
+        N, M = len(task.train_texts), len(task.test_texts)
+        train = Trainer(setup, out, seed)
+        _log(f"task {task.name}: {N} pool / {M} test examples; computing MiniLM features")
+        features = make_features(task)
+        timings["prepare_s"] = time.perf_counter() - t0
 
-    # 1. Runs.
-    n_seen = fit_cfg.num_fit + fit_cfg.num_val + fit_cfg.num_heldout
-    held, seen_b, unseen_b = plan_curricula(
-        N, runs=n_seen, unseen_runs=exp.unseen_runs, withheld=exp.withheld, subset=subset,
-        batch_size=bsz, num_steps=steps, seed=seed,
-    )  # fmt: skip
-    _log(f"training {n_seen} runs without the {len(held)} withheld examples and "
-         f"{len(unseen_b)} runs that use them")  # fmt: skip
-    t0 = time.perf_counter()
-    meta = {"test_texts": list(task.test_texts), "train_texts": list(task.train_texts)}
-    all_seen = sj.RunSet(batches=seen_b, losses=train(seen_b), num_train=N, metadata=meta)
-    unseen_runs = sj.RunSet(batches=unseen_b, losses=train(unseen_b), num_train=N, metadata=meta)
-    fit, val, heldout = all_seen.split(fit_cfg.num_fit, fit_cfg.num_val, fit_cfg.num_heldout)
-    timings["runs_s"] = time.perf_counter() - t0
+        # 1. Runs.
+        n_seen = fit_cfg.num_fit + fit_cfg.num_val + fit_cfg.num_heldout
+        held, seen_b, unseen_b = plan_curricula(
+            N, runs=n_seen, unseen_runs=exp.unseen_runs, withheld=exp.withheld, subset=subset,
+            batch_size=bsz, num_steps=steps, seed=seed,
+        )  # fmt: skip
+        _log(f"training {n_seen} runs without the {len(held)} withheld examples and "
+             f"{len(unseen_b)} runs that use them")  # fmt: skip
+        t0 = time.perf_counter()
+        meta = {"test_texts": list(task.test_texts), "train_texts": list(task.train_texts)}
+        all_seen = sj.RunSet(batches=seen_b, losses=train(seen_b), num_train=N, metadata=meta)
+        unseen_runs = sj.RunSet(
+            batches=unseen_b, losses=train(unseen_b), num_train=N, metadata=meta
+        )
+        fit, val, heldout = all_seen.split(fit_cfg.num_fit, fit_cfg.num_val, fit_cfg.num_heldout)
+        timings["runs_s"] = time.perf_counter() - t0
 
-    # 2-3. Fit.
-    t0 = time.perf_counter()
-    _log("fitting simulators")
-    sims, groups = fit_simulators(exp, fit_cfg, fit, val, features)
-    timings["fit_s"] = time.perf_counter() - t0
+        # 2-3. Fit.
+        t0 = time.perf_counter()
+        _log("fitting simulators")
+        sims, groups = fit_simulators(exp, fit_cfg, fit, val, features)
+        timings["fit_s"] = time.perf_counter() - t0
 
-    # 4. Score.
-    t0 = time.perf_counter()
-    preds = {n: sj.predict(s, heldout) for n, s in sims.items()}
-    table = {n: score(p, heldout) for n, p in preds.items()}
-    unseen_train_table = sj.evaluate_all(sims, unseen_runs)
-    _log("unseen-test split: refitting on the other test examples")
-    unseen_test_table, inner_mse, chosen = unseen_test_split(exp, fit, val, heldout, features,
-                                                             seed=seed)  # fmt: skip
-    timings["evaluate_s"] = time.perf_counter() - t0
+        # 4. Score.
+        t0 = time.perf_counter()
+        preds = {n: sj.predict(s, heldout) for n, s in sims.items()}
+        table = {n: score(p, heldout) for n, p in preds.items()}
+        unseen_train_table = sj.evaluate_all(sims, unseen_runs)
+        _log("unseen-test split: refitting on the other test examples")
+        unseen_test_table, inner_mse, chosen = unseen_test_split(exp, fit, val, heldout, features,
+                                                                 seed=seed)  # fmt: skip
+        timings["evaluate_s"] = time.perf_counter() - t0
 
-    # 5. LDS.
-    t0 = time.perf_counter()
-    kept = np.setdiff1d(np.arange(N), held)
-    lds_size = len(kept) // 2 // bsz * bsz
-    _log(f"LDS: training {exp.lds_subsets} subsets of {lds_size} examples")
-    lds_res = lds.run_lds(
-        sims, train, pool_size=len(kept), num_subsets=exp.lds_subsets, subset_size=lds_size,
-        batch_size=bsz, epochs=2, seed=seed + 1, pool_ids=kept,
-    )  # fmt: skip
-    timings["lds_s"] = time.perf_counter() - t0
+        # 5. LDS.
+        t0 = time.perf_counter()
+        kept = np.setdiff1d(np.arange(N), held)
+        lds_size = len(kept) // 2 // bsz * bsz
+        _log(f"LDS: training {exp.lds_subsets} subsets of {lds_size} examples")
+        lds_res = lds.run_lds(
+            sims, train, pool_size=len(kept), num_subsets=exp.lds_subsets, subset_size=lds_size,
+            batch_size=bsz, epochs=2, seed=seed + 1, pool_ids=kept,
+        )  # fmt: skip
+        timings["lds_s"] = time.perf_counter() - t0
 
-    # 6. Curriculum search.
-    t0 = time.perf_counter()
-    targets = np.argsort(-fit.losses[:, -1].mean(0))[: exp.targets]
-    L0 = fit.L0[0]
-    layout = search.random_layout(subset, batch_size=bsz, num_steps=steps, seed=seed + 2)
-    seen_mask = np.zeros(N, bool)
-    seen_mask[kept] = True
-    init = np.random.default_rng([seed, 29]).permutation(kept)[:subset].astype(np.int32)
-    picks = {}
-    for name, cand in (("linear", seen_mask), ("featurized", None)):
-        picks.update(search.search_all({name: sims[name]}, L0, targets, layout=layout,
-                                       init_subset=init, candidates=cand))  # fmt: skip
-    _log(f"search: training {len(picks)} picks")
-    all_random = sj.RunSet.concatenate([all_seen, unseen_runs])
-    check = search.check_by_retraining(
-        picks, train, targets=targets, L0=L0, random_curricula=all_random.batches,
-        random_losses=all_random.losses,
-    )  # fmt: skip
-    timings["search_s"] = time.perf_counter() - t0
+        # 6. Curriculum search.
+        t0 = time.perf_counter()
+        targets = np.argsort(-fit.losses[:, -1].mean(0))[: exp.targets]
+        L0 = fit.L0[0]
+        layout = search.random_layout(subset, batch_size=bsz, num_steps=steps, seed=seed + 2)
+        seen_mask = np.zeros(N, bool)
+        seen_mask[kept] = True
+        init = np.random.default_rng([seed, 29]).permutation(kept)[:subset].astype(np.int32)
+        picks = {}
+        for name, cand in (("linear", seen_mask), ("featurized", None)):
+            picks.update(search.search_all({name: sims[name]}, L0, targets, layout=layout,
+                                           init_subset=init, candidates=cand))  # fmt: skip
+        _log(f"search: training {len(picks)} picks")
+        all_random = sj.RunSet.concatenate([all_seen, unseen_runs])
+        check = search.check_by_retraining(
+            picks, train, targets=targets, L0=L0, random_curricula=all_random.batches,
+            random_losses=all_random.losses,
+        )  # fmt: skip
+        timings["search_s"] = time.perf_counter() - t0
 
-    # 7. Report.
-    feat_md = beyond_report.featurized_section(exp, sims["featurized"], held=held, N=N, M=M,
-                                  unseen_runs=unseen_runs.num_runs, inner_mse=inner_mse,
-                                  chosen=chosen)  # fmt: skip
-    setup_lines = {
-        "task": f"{task.name} ({N} pool / {M} test examples)",
-        "model": f"{cfg.model}, method {cfg.method} {dict(cfg.method_kwargs)}, "
-        f"{cfg.optimizer} lr {cfg.learning_rate:g} {dict(cfg.optimizer_kwargs)}",
-        "runs": f"{fit.num_runs} fit / {val.num_runs} validation / {heldout.num_runs} "
-        f"held-out over the seen pool; {unseen_runs.num_runs} with withheld examples; "
-        f"{steps} steps of {bsz}, {subset} examples a run",
-        "timings (s)": json.dumps({k: round(v, 1) for k, v in timings.items()}),
-    }
-    write_report(
-        out, heldout=heldout, predictions=preds, table=table, groups=groups,
-        unseen_tables={
-            "Unseen training examples (runs that use the withheld examples)":
-                unseen_train_table,
-            f"Unseen test examples ({exp.unseen_tests} test examples outside the fit)":
-                unseen_test_table,
-        },
-        extra_sections=[("Featurized simulator", feat_md), ("LDS", beyond_report.lds_section(
-            lds_res, subset=lds_size, pool=len(kept))), ("Curriculum search",
-            beyond_report.search_section(check, task, targets))],
-        title="simfluence_jax beyond Linear: featurized simulator, LDS, curriculum search",
-        setup=setup_lines, config_text=config_text,
-    )  # fmt: skip
-    summary = {
-        "heldout": table, "unseen_train": unseen_train_table, "unseen_test": unseen_test_table,
-        "lds": lds_res.table, "search": check.rows(), "search_targets": targets.tolist(),
-        "unseen_test_inner_mse": inner_mse, "unseen_test_choice": exp.unseen_test_grid[chosen],
-        "timings": timings, "withheld": held.tolist(),
-    }  # fmt: skip
-    atomic_write(out / "beyond.json", json_text(summary))
-    _log(f"report written to {out}/report.md")
-    return out
+        # 7. Report.
+        feat_md = beyond_report.featurized_section(exp, sims["featurized"], held=held, N=N, M=M,
+                                      unseen_runs=unseen_runs.num_runs, inner_mse=inner_mse,
+                                      chosen=chosen)  # fmt: skip
+        setup_lines = {
+            "task": f"{task.name} ({N} pool / {M} test examples)",
+            "model": f"{cfg.model}, method {cfg.method} {dict(cfg.method_kwargs)}, "
+            f"{cfg.optimizer} lr {cfg.learning_rate:g} {dict(cfg.optimizer_kwargs)}",
+            "runs": f"{fit.num_runs} fit / {val.num_runs} validation / {heldout.num_runs} "
+            f"held-out over the seen pool; {unseen_runs.num_runs} with withheld examples; "
+            f"{steps} steps of {bsz}, {subset} examples a run",
+            "timings (s)": json.dumps({k: round(v, 1) for k, v in timings.items()}),
+        }
+        write_report(
+            out, heldout=heldout, predictions=preds, table=table, groups=groups,
+            unseen_tables={
+                "Unseen training examples (runs that use the withheld examples)":
+                    unseen_train_table,
+                f"Unseen test examples ({exp.unseen_tests} test examples outside the fit)":
+                    unseen_test_table,
+            },
+            extra_sections=[("Featurized simulator", feat_md), ("LDS", beyond_report.lds_section(
+                lds_res, subset=lds_size, pool=len(kept))), ("Curriculum search",
+                beyond_report.search_section(check, task, targets))],
+            title="simfluence_jax beyond Linear: featurized simulator, LDS, curriculum search",
+            setup=setup_lines, config_text=config_text,
+        )  # fmt: skip
+        summary = {
+            "heldout": table, "unseen_train": unseen_train_table, "unseen_test": unseen_test_table,
+            "lds": lds_res.table, "search": check.rows(), "search_targets": targets.tolist(),
+            "unseen_test_inner_mse": inner_mse, "unseen_test_choice": exp.unseen_test_grid[chosen],
+            "timings": timings, "withheld": held.tolist(),
+        }  # fmt: skip
+        atomic_write(out / "beyond.json", json_text(summary))
+        _log(f"report written to {out}/report.md")
+        return out
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 
 import simfluence_jax as sj
+from simfluence_jax import outputs
+from simfluence_jax.io import atomic_write
 from simfluence_jax.pipeline import study
 
 GIN = Path(__file__).resolve().parents[1] / "gin_configs" / "experiments" / "fidelity.gin"
@@ -222,28 +224,30 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     fid, config_text, names = parse(sys.argv[1:] if argv is None else argv)
-    out = Path(fid.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "operative_config.gin").write_text(config_text)
-    rows = {n: fid.rows[n] for n in (names or fid.rows)}
-    results_file = out / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    t_all = time.perf_counter()
-    for name, row in tqdm(rows.items(), desc="rows", unit="row"):
-        t0 = time.perf_counter()
-        try:
-            results[name] = run_row(name, row, fid, out)
-        except Exception as e:  # a row that cannot be made is reported, not hidden
-            traceback.print_exc()
-            results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-        results[name]["seconds"] = time.perf_counter() - t0
-        results_file.write_text(json.dumps(results, indent=1, default=float))
-        print(f"[fidelity] {name}: {results[name]['seconds']:.0f} s", flush=True)
-    ordered = {n: results[n] for n in fid.rows if n in results}
-    _heatmap(ordered, out)
-    (out / "report.md").write_text(render(ordered, fid))
-    print(render(ordered, fid))
-    print(f"[fidelity] {len(rows)} rows in {time.perf_counter() - t_all:.0f} s; {out}/report.md")
+    # One writer for the folder, refused if it holds files we did not write.
+    with outputs.claim(fid.output_dir, command="python -m experiments.fidelity") as out:
+        atomic_write(out / "operative_config.gin", config_text)
+        rows = {n: fid.rows[n] for n in (names or fid.rows)}
+        results_file = out / "results.json"
+        results = json.loads(results_file.read_text()) if results_file.exists() else {}
+        t_all = time.perf_counter()
+        for name, row in tqdm(rows.items(), desc="rows", unit="row"):
+            t0 = time.perf_counter()
+            try:
+                results[name] = run_row(name, row, fid, out)
+            except Exception as e:  # a row that cannot be made is reported, not hidden
+                traceback.print_exc()
+                results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            results[name]["seconds"] = time.perf_counter() - t0
+            atomic_write(results_file, json.dumps(results, indent=1, default=float))
+            print(f"[fidelity] {name}: {results[name]['seconds']:.0f} s", flush=True)
+        ordered = {n: results[n] for n in fid.rows if n in results}
+        _heatmap(ordered, out)
+        atomic_write(out / "report.md", render(ordered, fid))
+        print(render(ordered, fid))
+        print(
+            f"[fidelity] {len(rows)} rows in {time.perf_counter() - t_all:.0f} s; {out}/report.md"
+        )
     return 0
 
 
