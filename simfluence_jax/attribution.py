@@ -262,22 +262,23 @@ def _ids(ids, what: str) -> np.ndarray:
     return arr.astype(np.int64).reshape(-1)
 
 
-def _unseen(sim: Simulator, ids: np.ndarray) -> np.ndarray:
-    """``bool[K]``: ids the simulator has no fitted parameters for (warns if any)."""
+def _unseen(sim: Simulator, b: np.ndarray) -> np.ndarray:
+    """The ids of curricula ``b`` the simulator has no fitted parameters for (warns if any)."""
     seen = sim.seen_ids()
+    used = np.unique(b[b >= 0])
     if seen is None:
-        return np.zeros(len(ids), bool)
-    unseen = ~np.asarray(seen)[ids]
-    if unseen.any():
-        bad = ids[unseen]
+        return used[:0]
+    bad = used[~np.asarray(seen)[used]]
+    if bad.size:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         warnings.warn(
-            f"{len(bad)} training ids never occurred in the fitting runs (ids {shown}); "
-            f"{sim.name} has no parameters for them, so their effects are NaN",
+            f"{len(bad)} training ids of the curriculum never occurred in the fitting runs "
+            f"(ids {shown}); {sim.name} has no parameters for them, so their effects are NaN "
+            "and the curriculum is simulated as if they had no effect",
             UnseenExampleWarning,
             stacklevel=3,
         )
-    return unseen
+    return bad
 
 
 def _report_divergence(values: np.ndarray, what: str) -> None:
@@ -383,7 +384,7 @@ def removal_effects(
         _check_present(ids, b, "candidates")
         if len(np.unique(ids)) != len(ids):
             raise ValueError("candidates repeat ids; each id is removed once")
-    unseen = _unseen(sim, ids)
+    unseen = np.isin(ids, _unseen(sim, b))
     opts = dict(horizon=horizon, repack=bool(repack), batch_loss=batch_loss, chunk=chunk)
     base, delta = _deltas(sim, b, L0, s, np.zeros(len(ids), np.int32), ids[:, None], **opts)
     _report_divergence(np.concatenate([base, delta[~unseen]]), "simulated losses and changes")
@@ -486,7 +487,7 @@ def group_effect(
     if group.size == 0:
         raise ValueError("ids is empty: name at least one training id to remove")
     _check_present(group, b, "ids")
-    unseen = _unseen(sim, group)
+    unseen = np.isin(group, _unseen(sim, b))
     opts = dict(horizon=horizon, repack=bool(repack), batch_loss=batch_loss, chunk=1)
     base, delta = _deltas(sim, b, L0, s, np.zeros(1, np.int32), group[None], **opts)
     _report_divergence(np.concatenate([base, delta]), "simulated losses and changes")
@@ -578,7 +579,7 @@ def score_matrix(
     N = sim.num_train if sim.num_train is not None else int(b.max()) + 1
     which, ids = occurrences(b)
     present = np.unique(ids)
-    unseen = present[_unseen(sim, present)]
+    unseen = _unseen(sim, b)
     opts = dict(horizon=horizon, repack=bool(repack), batch_loss=batch_loss)
     curricula_d, L0_d = jnp.asarray(b), jnp.asarray(L0)
     base = _baselines(sim, curricula_d, L0_d, s, chunk=chunk, **opts)

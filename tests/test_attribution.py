@@ -290,6 +290,10 @@ def test_unseen_ids_warn_and_get_nan(world):
     assert ghost not in ids
     with pytest.raises(ValueError, match="only .* have an effect"):
         sj.top(eff, 0, k=len(eff.ids))
+    other = int(b[0, 0])
+    with pytest.warns(UnseenExampleWarning, match="as if they had no effect"):
+        some = sj.removal_effects(sim, b, L0, candidates=[other])  # the baseline uses it
+    assert np.all(np.isfinite(some.delta))
     with pytest.warns(UnseenExampleWarning):
         assert np.all(np.isnan(sj.group_effect(sim, b, L0, [ghost, int(b[0, 0])])))
     with pytest.warns(UnseenExampleWarning):

@@ -2,6 +2,8 @@
 test example and the score matrix, on a saved run set with texts and on imported runs."""
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -101,3 +103,10 @@ def test_bad_arguments_are_clear_errors(saved, capsys):
         assert cli.main(base + extra) == 1, extra
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (extra, err)
+
+
+def test_help_has_an_example():
+    out = subprocess.run([sys.executable, "-m", "simfluence_jax.cli", "attribute", "--help"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0
+    assert "Example:" in out.stdout and "simfluence attribute" in out.stdout
