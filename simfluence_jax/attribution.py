@@ -31,9 +31,11 @@ has a smaller alpha. Simulators that already divide by the real count (``Segment
 the gradient baselines) give the same numbers either way.
 
 Where the two still differ: a step left with no example is no update in the simulator
-(state and loss carry over), whereas a stateful optimizer still advances in retraining (SGD
-with momentum keeps moving along its buffer, Adam's moments decay, weight decay applies); under
-plain SGD the two agree.
+(state and loss carry over), whereas a stateful optimizer would still advance (SGD with
+momentum keeps moving along its buffer, Adam's moments decay, weight decay applies); the run
+factory therefore refuses such curricula (``sampling.validate_curricula``), so an edit that
+empties a whole step (an id filling its batch, a group removal of a batch) has no retraining
+counterpart with ``repack=False``: re-pack it.
 
 **Re-packing** (``repack=True``) drops the removed examples and packs the rest into full
 batches in the same order, as ``counterfactuals.remove`` does; the ragged last batch gets
