@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import hashlib
 import io as _io
 import json
 import os
@@ -294,6 +295,15 @@ def _read_bytes(path: Path, what: str) -> bytes:
         raise ValueError(f"{path}: {what} is a folder, not a file") from None
     except PermissionError:
         raise ValueError(f"{path}: permission denied reading the {what}") from None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in blocks of 1 MiB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_bytes(path: str | os.PathLike, *, what: str = "file") -> bytes:

@@ -89,17 +89,6 @@ def _atomic_json(path: Path, obj: Any) -> None:
     sio.atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); the log is damaged") from None
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _read_steps(path: Path, *, repair: bool) -> list[dict]:
     """The steps of a steps file; a torn last line is cut off (with ``repair``) or ignored."""
     data = path.read_bytes() if path.exists() else b""
@@ -219,7 +208,7 @@ class RunLogger:
         """Checks or writes ``logger.json`` and removes temporaries of interrupted writes."""
         info_file = self.path / "logger.json"
         if info_file.exists():
-            info = _read_json(info_file)
+            info = sio.read_json(info_file, what="run log description")
             if info.get("format") != FORMAT_NAME or info.get("version") != FORMAT_VERSION:
                 raise ValueError(
                     f"{self.path} holds format {info.get('format')!r} version "
@@ -306,7 +295,7 @@ class RunLogger:
         start_file, steps_file = run_dir / "start.json", run_dir / "steps.jsonl"
         on_disk: list[dict] = []
         if start_file.exists():
-            start = _read_json(start_file)
+            start = sio.read_json(start_file, what="run start record", required=["L0"])
             logged = np.asarray(start["L0"], np.float64)
             if not np.allclose(logged, L0, rtol=REPLAY_RTOL, atol=0):
                 raise ValueError(
@@ -436,16 +425,21 @@ class RunLogger:
             )
         run.file.close()
         steps_file = run.dir / "steps.jsonl"
-        _atomic_json(run.dir / "COMPLETE", {"steps": run.steps, "sha256": _sha256(steps_file)})
+        _atomic_json(
+            run.dir / "COMPLETE", {"steps": run.steps, "sha256": sio.sha256_file(steps_file)}
+        )
         self._run = None
         return run.index
 
     # Reading ----------------------------------------------------------------------------
     def _load_run(self, index: int) -> tuple[np.ndarray, list[list[int]], list | None]:
         run_dir = self._run_dir(index)
-        done = _read_json(run_dir / "COMPLETE")
+        done = sio.read_json(
+            run_dir / "COMPLETE", what="run completion marker", required=["steps", "sha256"],
+            types={"steps": int, "sha256": str},
+        )  # fmt: skip
         steps_file = run_dir / "steps.jsonl"
-        if _sha256(steps_file) != done["sha256"]:
+        if sio.sha256_file(steps_file) != done["sha256"]:
             raise ValueError(
                 f"{steps_file} does not match its completion checksum (modified "
                 "or damaged after the run ended)"
@@ -453,7 +447,7 @@ class RunLogger:
         steps = _read_steps(steps_file, repair=False)
         if len(steps) != done["steps"]:
             raise ValueError(f"{steps_file} has {len(steps)} steps, its marker {done['steps']}")
-        start = _read_json(run_dir / "start.json")
+        start = sio.read_json(run_dir / "start.json", what="run start record", required=["L0"])
         losses = np.asarray([start["L0"]] + [s["losses"] for s in steps], np.float32)
         rates = [s.get("learning_rate") for s in steps]
         return losses, [s["batch"] for s in steps], None if rates[0] is None else rates

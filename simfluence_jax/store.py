@@ -58,7 +58,6 @@ parameters at chosen steps, each with the learning rate of the update taken from
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -132,14 +131,6 @@ def _storage_guard(path: Path, what: str, *, resume: bool = True) -> Iterator[No
         if wrapped is None:
             raise
         raise wrapped from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +295,7 @@ class RunStore:
         losses_file = run_dir / "losses.npy"
         if not losses_file.exists():
             raise ValueError(f"{losses_file}: the losses of complete run {run} are missing")
-        if _sha256(losses_file) != done["sha256"]:
+        if sio.sha256_file(losses_file) != done["sha256"]:
             raise ValueError(
                 f"run {run} in {self.path}: {losses_file} does not match its completion "
                 "checksum (modified or damaged after completion)"
@@ -674,7 +665,8 @@ class RunWriter:
                 )
         with self._guard("the completion marker", self.dir / "COMPLETE"):
             sio.atomic_json(
-                self.dir / "COMPLETE", {"rows": rows, "sha256": _sha256(self.dir / "losses.npy")}
+                self.dir / "COMPLETE",
+                {"rows": rows, "sha256": sio.sha256_file(self.dir / "losses.npy")},
             )
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.dir / "state.npz")

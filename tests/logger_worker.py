@@ -4,8 +4,8 @@
 SGD on scikit-learn's bundled handwritten digits (0-4 against 5-9, 8x8 pixels), one run per
 random curriculum, and logs every step's test losses to DIR. ``--kill-after K`` sends
 SIGKILL to the worker itself right after its K-th logged step (a crash mid-run at a known
-point); running it again resumes. ``--sleep S`` waits S seconds after every step (a slow job,
-so that a second process can try the same folder while it runs). JAX and Flax are
+point); running it again resumes. ``--hold FILE`` stops after the first logged step until FILE
+exists (so that a second process can try the same folder while this one runs). JAX and Flax are
 blocked: the logger must not need them.
 """
 
@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--log", required=True)
     parser.add_argument("--kill-after", type=int, default=None)
-    parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--hold", default=None)
     args = parser.parse_args(argv)
 
     X, y, X_test, y_test = digits()
@@ -91,9 +91,10 @@ def main(argv=None) -> None:
             w = w - SCHEDULE[t] * grad(w, X[batch], y[batch])
             logger.log_step(batch, per_example_loss(w, X_test, y_test))
             logged += 1
-            if logged == 1:
+            if logged == 1 and args.hold:
                 print("logging", flush=True)
-            time.sleep(args.sleep)
+                while not os.path.exists(args.hold):
+                    time.sleep(0.05)
             if logged == args.kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
         logger.end_run()

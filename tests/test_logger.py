@@ -274,8 +274,9 @@ def test_a_run_damaged_after_it_ended_is_detected(tmp_path):
 
 
 def test_a_second_process_on_a_log_in_use_is_refused_and_the_first_record_is_whole(tmp_path):
+    go = tmp_path / "go"
     slow = subprocess.Popen(
-        [sys.executable, str(WORKER), "--log", str(tmp_path / "log"), "--sleep", "0.05"],
+        [sys.executable, str(WORKER), "--log", str(tmp_path / "log"), "--hold", str(go)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -285,6 +286,7 @@ def test_a_second_process_on_a_log_in_use_is_refused_and_the_first_record_is_who
         last = second.stderr.strip().splitlines()[-1]
         assert "StoreBusyError" in last and f"pid {slow.pid}" in last, last
         assert "logging runs" in last and "wait=True" in last
+        go.touch()
         out, err = slow.communicate(timeout=300)
     finally:
         slow.kill()
