@@ -203,3 +203,15 @@ def test_few_test_examples_share_roles(problem, tmp_path):
     assert [t["test_index"] for t in res["test_examples"]] == [lo, hi]
     assert res["test_examples"][0]["roles"] == ["largest drop", "median change"]
     assert res["test_examples"][1]["roles"] == ["largest rise"]
+
+
+def test_cli_reads_a_verdict_file(tmp_path):
+    from simfluence_jax.cli import _read_verdict
+
+    assert _read_verdict(None) is None
+    (tmp_path / "v.json").write_text(json.dumps({"slope": 0.4, "lds": 0.75}))
+    assert _read_verdict(tmp_path / "v.json") == {"slope": 0.4, "lds": 0.75}
+    (tmp_path / "v.txt").write_text("Checked on 4 curricula: slope 0.4.\n")
+    assert _read_verdict(tmp_path / "v.txt") == "Checked on 4 curricula: slope 0.4."
+    with pytest.raises(ValueError, match="--attribution_verdict"):
+        _read_verdict(tmp_path / "missing.json")
