@@ -96,6 +96,8 @@ def test_section_names_the_rule_and_the_effects(problem, tmp_path, run):
         assert f"test example {j}" in section and f'"test sentence {j}"' in section
         for direction in ("helpful", "harmful"):
             ids, delta = tops[j][direction]
+            # Here all five of each direction have its sign, so the section lists 5 + 5.
+            assert np.all(delta > 0) if direction == "helpful" else np.all(delta < 0)
             got = t[direction]
             assert [e["id"] for e in got] == ids.tolist()
             np.testing.assert_array_equal(np.float32([e["effect"] for e in got]), delta)
@@ -103,7 +105,6 @@ def test_section_names_the_rule_and_the_effects(problem, tmp_path, run):
             for rank, (i, d) in enumerate(zip(ids, delta), 1):
                 row = f"| {rank} | {i} | {d:+.5f} | training sentence {i} \\| about films |"
                 assert row in section, row
-        assert all(e["effect"] > 0 for e in t["helpful"]) or not t["helpful"]
 
     # The scores files hold every distinct id's effect on the three test examples.
     saved = attribution.load_scores(out / "attribution_scores")
@@ -215,3 +216,18 @@ def test_cli_reads_a_verdict_file(tmp_path):
     assert _read_verdict(tmp_path / "v.txt") == "Checked on 4 curricula: slope 0.4."
     with pytest.raises(ValueError, match="--attribution_verdict"):
         _read_verdict(tmp_path / "missing.json")
+
+
+def test_only_effects_of_the_direction_sign_are_listed():
+    from simfluence_jax.reports.attribution import _ranked
+
+    delta = np.float32([[0.3], [0.1], [-0.2], [np.nan], [0.0], [-0.05]])
+    effects = attribution.Effects(
+        ids=np.arange(6, dtype=np.int32), delta=delta, baseline=np.ones(1, np.float32),
+        horizon=1, repack=False, batch_loss="mean",
+    )  # fmt: skip
+    names = np.arange(6)
+    helpful = _ranked(effects, 0, "helpful", names, None)
+    harmful = _ranked(effects, 0, "harmful", names, None)
+    assert [(e.id, e.effect) for e in helpful] == [(0, pytest.approx(0.3)), (1, pytest.approx(0.1))]
+    assert [e.id for e in harmful] == [2, 5]

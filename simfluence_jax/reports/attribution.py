@@ -3,7 +3,8 @@
 On the curriculum of one held-out run (the run of the trajectory figure), three test examples
 are chosen from their *observed* change ``L_T - L_0``: the largest drop, the median (the
 ``(M-1)//2``-th in ascending order, the lower median) and the largest rise. For each, the
-``TOP_K`` most helpful and most harmful training examples are ranked by one
+``TOP_K`` most helpful (largest positive effect) and most harmful (most negative) training
+examples are ranked by one
 ``attribution.removal_effects`` call under the best fitted simulator: the lowest all-steps
 MSE on the held-out runs (the report's first metric), controls, reference rows
 (``exclude_from_best``), diverged rows and rows without a simulator never chosen.
@@ -77,7 +78,8 @@ class TestAttribution:
       test_index: column j of the held-out losses; ``test_id`` its name, ``text`` its text.
       observed_change: the observed ``L_T - L_0`` it was chosen by.
       baseline: the simulated loss of the unedited curriculum over the horizon window.
-      helpful, harmful: the ranked examples, largest effect (most negative) first.
+      helpful, harmful: the ranked examples with a positive (negative) effect, at most
+        ``TOP_K``, largest (most negative) first.
     """
 
     roles: tuple[str, ...]
@@ -182,13 +184,16 @@ def choose_simulator(
 
 
 def _ranked(effects, j, direction, names, texts) -> tuple[Ranked, ...]:
+    """``attribution.top`` of test example j, keeping only effects of the direction's sign
+    (a "helpful" example with a negative effect would hurt), so possibly fewer than TOP_K."""
     k = min(TOP_K, int(np.isfinite(effects.delta[:, j]).sum()))
     if k == 0:
         return ()
     ids, delta = attribution.top(effects, j, k=k, direction=direction)
+    keep = delta > 0 if direction == "helpful" else delta < 0
     return tuple(
         Ranked(int(i), names[i].item(), texts[i] if texts else "", float(d))
-        for i, d in zip(ids, delta)
+        for i, d in zip(ids[keep], delta[keep])
     )
 
 

@@ -334,9 +334,12 @@ def attribution_section(a: AttributionSection) -> list[str]:
                if "largest rise" in t.roles and t.observed_change < 0 else ""),
             "",
         ]  # fmt: skip
-        for label, entries in (("Most helpful", t.helpful), ("Most harmful", t.harmful)):
+        for label, sign, entries in (
+            ("Most helpful", "positive", t.helpful),
+            ("Most harmful", "negative", t.harmful),
+        ):
             lines += [f"{label}:", ""]
-            lines += _ranked_table(entries, texts) if entries else ["(none with an effect)"]
+            lines += _ranked_table(entries, texts) if entries else [f"(none with a {sign} effect)"]
             lines.append("")
     lines += [
         "### How far to trust this",
