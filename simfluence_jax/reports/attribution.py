@@ -4,10 +4,10 @@ On the curriculum of one held-out run (the run of the trajectory figure), three 
 are chosen from their *observed* change ``L_T - L_0``: the largest drop, the median (the
 ``(M-1)//2``-th in ascending order, the lower median) and the largest rise. For each, the
 ``TOP_K`` most helpful (largest positive effect) and most harmful (most negative) training
-examples are ranked by one
-``attribution.removal_effects`` call under the best fitted simulator: the lowest all-steps
-MSE on the held-out runs (the report's first metric), controls, reference rows
-(``exclude_from_best``), diverged rows and rows without a simulator never chosen.
+examples are ranked by one ``attribution.removal_effects`` call under the best fitted
+simulator: the lowest all-steps MSE on the held-out runs (the report's first metric);
+controls, reference rows (``exclude_from_best``), diverged rows and rows without a simulator
+are never chosen.
 
 An effect is the simulated change of the test loss, averaged over the last
 ``min(HORIZON, T)`` steps, when every occurrence of the training example is removed from the
