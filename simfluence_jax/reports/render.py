@@ -306,8 +306,8 @@ def attribution_section(a: AttributionSection) -> list[str]:
     texts = any(e.text for t in a.tests for e in (*t.helpful, *t.harmful))
     lines = [
         f"Training examples of the curriculum of held-out run {a.run} (the run of the "
-        f"trajectory figure) ranked by **{a.simulator}**, the fitted simulator with the lowest "
-        f"all-steps MSE ({a.metric_value:.4g}; controls not used). Effect: the simulated change "
+        f"trajectory figure) ranked by **{a.simulator}**, the simulator (controls never) "
+        f"with the lowest all-steps MSE here ({a.metric_value:.4g}). Effect: the simulated change "
         f"of the test example's loss, averaged over the last {a.horizon} steps, when every "
         "occurrence of the training example is removed (its slots left empty, the step "
         "structure kept; `attribution.removal_effects`). **Effect > 0: removing it raises the "
