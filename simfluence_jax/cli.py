@@ -244,10 +244,12 @@ def cmd_run(args) -> Path:
     from simfluence_jax.pipeline.experiment import run_experiment
 
     runs_cfg, fit_cfg, cf_cfg, exp = configs()
+    verdict = _read_verdict(args.attribution_verdict)
     with _claim(args, args.out or exp.output_dir) as out:
         result = run_experiment(
             runs_cfg, fit_cfg, cf_cfg, out_dir=out, config_text=operative_config(),
             title=exp.title, progress=not args.no_progress,
+            attribution_verdict=verdict,
         )  # fmt: skip
     from simfluence_jax.evaluation import format_table
 
@@ -542,6 +544,22 @@ def cmd_import(args) -> Path:
     return path
 
 
+def _read_verdict(path) -> str | dict | None:
+    """The ``--attribution_verdict`` file: a JSON object (``{name: value}``, e.g. the
+    counterfactual benchmark's numbers) or plain text; ``None`` without one."""
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ValueError(f"--attribution_verdict {path}: {err.strerror or err}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text.strip()
+    return value if isinstance(value, dict) else text.strip()
+
+
 def cmd_report(args) -> Path:
     """``simfluence report``: the report on a saved run set's held-out split, for saved
     simulators or, without ``--simulators``, ones fitted now into ``<out>/simulators``.
@@ -551,6 +569,7 @@ def cmd_report(args) -> Path:
     from simfluence_jax.reports import write_report
 
     _, fit_cfg, _, exp = configs()
+    verdict = _read_verdict(args.attribution_verdict)
     runs = _load_runs(args.runs)
     _, _, heldout = _split(runs, fit_cfg)
     if heldout is None:
@@ -566,7 +585,7 @@ def cmd_report(args) -> Path:
             claimed, heldout=heldout,
             predictions={n: predict(s, heldout) for n, s in sims.items()},
             groups={n: simulator_group(n) for n in sims}, config_text=operative_config(),
-            title=exp.title,
+            title=exp.title, simulators=sims, attribution_verdict=verdict,
         )  # fmt: skip
     print(f"Report: {Path(out) / 'report.md'}")
     return Path(out)
@@ -580,6 +599,15 @@ def _add_wait(sp) -> None:
         "--wait", nargs="?", const=True, default=False, type=float, metavar="SECONDS",
         help="if another process writes --out, wait for it (at most SECONDS) instead of "
         "stopping",
+    )  # fmt: skip
+
+
+def _add_verdict(sp) -> None:
+    sp.add_argument(
+        "--attribution_verdict", metavar="FILE",
+        help="what real retraining measured about simulated effects (a JSON object of "
+        "numbers, e.g. from the counterfactual benchmark, or a text), printed under the "
+        "report's Attribution section",
     )  # fmt: skip
 
 
@@ -607,6 +635,7 @@ def _parser() -> argparse.ArgumentParser:
              f"simfluence run --gin_file {q}")  # fmt: skip
     sp.add_argument("--out", help="output folder (default: Experiment.output_dir)")
     sp.add_argument("--no_progress", action="store_true", help="no progress bars")
+    _add_verdict(sp)
     _add_wait(sp)
 
     sp = add("generate", cmd_generate, "Make (or resume) training runs into a run store.",
@@ -709,6 +738,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs", required=True)
     sp.add_argument("--simulators", help="saved simulators (default: fit them now)")
     sp.add_argument("--out", required=True)
+    _add_verdict(sp)
     _add_wait(sp)
     return p
 

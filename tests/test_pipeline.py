@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from simfluence_jax import cli
+from simfluence_jax.fitting import simulator_group
 from simfluence_jax.gradients import BASELINES
 from simfluence_jax.pipeline import config as cfgs
 from simfluence_jax.store import open_store
@@ -62,6 +63,15 @@ def test_cli_run_end_to_end(tmp_path, capsys):
     for name in expected:
         assert name in report
     assert "control" in report and "gradient baseline (calibrated)" in report
+    # The Attribution section: three test examples ranked by a fitted simulator, with texts.
+    attr = json.loads((out / "results.json").read_text())["attribution"]
+    assert attr is not None and attr["simulator"] in expected
+    assert simulator_group(attr["simulator"]) != "control"
+    assert len(attr["test_examples"]) == 3
+    ranked = [e for t in attr["test_examples"] for e in t["helpful"] + t["harmful"]]
+    assert ranked and all(e["text"] for e in ranked)
+    assert "## Attribution" in report and "### How far to trust this" in report
+    assert (out / "attribution_scores.csv").exists()
     assert "RunsConfig.num_runs = 8" in (out / "operative_config.gin").read_text()
     # Every planned run (fitting and counterfactual) is complete in its store.
     stores = sorted(out.glob("runs-*"))

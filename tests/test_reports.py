@@ -137,6 +137,15 @@ def test_report_files_and_numbers(problem, tmp_path):
         c["simulated_edited"][-1] - c["simulated_original"][-1]
     )
     assert c["achieved_change"] == pytest.approx(c["retrained"][-1] - c["observed"][-1])
+    H = min(8, len(c["observed"]) - 1, len(c["simulated_edited"]) - 1)
+    w = c["window"]
+    assert w["steps"] == H
+    assert w["predicted_change"] == pytest.approx(
+        np.mean(c["simulated_edited"][-H:]) - np.mean(c["simulated_original"][-H:])
+    )
+    assert w["achieved_change"] == pytest.approx(
+        np.mean(c["retrained"][-H:]) - np.mean(c["observed"][-H:])
+    )
 
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -155,7 +164,16 @@ def test_report_files_and_numbers(problem, tmp_path):
     assert (out / "operative_config.gin").read_text() == "fit.l2 = 0.01\n"
     best_mse = res["best"]["mse"][0]
     assert f"Lowest all-steps MSE: **{best_mse} [{GROUPS[best_mse]}]** at" in md
-    assert f"{c['predicted_change']:+.4f}" in md and f"{c['achieved_change']:+.4f}" in md
+    assert (
+        f"Predicted change of the final-step loss by **linear**: {c['predicted_change']:+.4f}" in md
+    )
+    achieved = "Achieved change of the final-step loss after retraining for real"
+    assert f"{achieved}: {c['achieved_change']:+.4f}" in md
+    assert f"averaged over the last {H} steps: {w['predicted_change']:+.4f}" in md
+    assert f"averaged over the last {H} steps: {w['achieved_change']:+.4f}" in md
+    # Without simulators there is no Attribution section and no scores file.
+    assert "## Attribution" not in md and res["attribution"] is None
+    assert not list(out.glob("attribution_scores.*"))
     assert "R = 4" in md and "N = 24" in md and "M = 6" in md
 
 

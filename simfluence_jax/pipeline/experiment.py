@@ -10,7 +10,9 @@
 4. roll every simulator out on the held-out curricula and score it with the paper's metrics;
 5. pick a test example, remove the training examples the simulator says help it most from a
    held-out curriculum, simulate, retrain for real, and compare;
-6. write the report (Markdown, PNG, JSON, CSV) with the operative config.
+6. write the report (Markdown, PNG, JSON, CSV) with the operative config, and its
+   Attribution section: the training examples the best fitted simulator says help or hurt
+   three held-out test examples most (``reports.attribution``).
 """
 
 from __future__ import annotations
@@ -163,11 +165,14 @@ def run_experiment(
     title: str = "simfluence_jax quickstart",
     progress: bool = True,
     mesh=None,
+    attribution_verdict: str | dict | None = None,
 ) -> ExperimentResult:
     """Runs the whole pipeline and writes the report into ``out_dir``.
 
     Runs are kept in ``out_dir/<runs-hash>`` keyed by ``runs_cfg``: a re-run with the same
-    settings reuses them (and resumes an interrupted store).
+    settings reuses them (and resumes an interrupted store). ``attribution_verdict``: what
+    real retraining measured about simulated effects (text or ``{name: value}``, e.g. the
+    counterfactual benchmark's numbers), printed under the report's Attribution section.
     """
     from simfluence_jax.pipeline.generate import generate_runs, prepare, store_name
     from simfluence_jax.reports import write_report
@@ -240,7 +245,7 @@ def run_experiment(
     write_report(
         out, heldout=heldout, predictions=predictions, table=table, groups=groups,
         counterfactual=counterfactual, config_text=config_text, title=title,
-        setup=setup_lines,
+        setup=setup_lines, simulators=sims, attribution_verdict=attribution_verdict,
     )  # fmt: skip
     runs.save(out / "runs", overwrite=True)
     _log(f"report written to {out}/report.md")

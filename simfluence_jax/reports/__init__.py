@@ -1,7 +1,10 @@
-"""Reports: the results table in the paper's terms, figures, a counterfactual, data files.
+"""Reports: the results table in the paper's terms, figures, attribution, a counterfactual,
+data files.
 
 ``write_report`` composes ``scoring`` (rows, divergence, the best of each metric),
-``figures`` (what the figures show, written as PNG) and ``render`` (Markdown, JSON, CSV).
+``figures`` (what the figures show, written as PNG), ``attribution`` (the top helpful and
+harmful training examples of three test examples, when given the simulators) and ``render``
+(Markdown, JSON, CSV).
 Part of the library layer (it needs matplotlib); the core never imports it. Figures are
 built on ``matplotlib.figure.Figure`` with the Agg canvas, never through ``pyplot``, so
 importing this package leaves the global matplotlib backend alone.
@@ -11,10 +14,11 @@ Example::
     from simfluence_jax import evaluation, reports
     preds = {name: evaluation.predict(sim, heldout) for name, sim in sims.items()}
     reports.write_report("outputs/report", heldout=heldout, predictions=preds,
-                         groups={"linear": "fitted", "constant": "control"})
+                         groups={"linear": "fitted", "constant": "control"}, simulators=sims)
 """
 
 from simfluence_jax.io import git_revision
+from simfluence_jax.reports.attribution import AttributionSection
 from simfluence_jax.reports.counterfactual import Counterfactual
 from simfluence_jax.reports.plots import (
     plot_counterfactual,
@@ -28,6 +32,7 @@ from simfluence_jax.reports.writer import write_report
 
 __all__ = [
     "METRICS",
+    "AttributionSection",
     "Counterfactual",
     "best_by_metric",
     "git_revision",

@@ -8,9 +8,12 @@ help a test example most) and compares, for one test example,
 * the simulated trajectory under the edited curriculum, ``L^'_t``;
 * optionally the trajectory of a real retraining on the edited curriculum, ``L'_t``.
 
-The simulator's *predicted* change of the final loss is ``L^'_T' - L^_T`` (both simulated, so
-the simulator's own bias cancels); the *achieved* change is ``L'_T' - L_T`` (both real). The
-edited curriculum may have a different number of steps T' when removal re-packs batches.
+The simulator's *predicted* change of the final-step loss is ``L^'_T' - L^_T`` (both
+simulated, so the simulator's own bias cancels); the *achieved* change is ``L'_T' - L_T``
+(both real). The edited curriculum may have a different number of steps T' when removal
+re-packs batches. The final step alone is noisy, so both changes are also given averaged over
+the last ``H = min(WINDOW, T, T')`` steps of each trajectory (``window_changes``), the
+measure ``attribution.removal_effects`` ranks by with ``horizon=H``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+#: Steps averaged at the end of each trajectory for the window changes (fewer if T is short).
+WINDOW = 8
 
 
 def _trajectory(x, what: str, *, finite: bool) -> np.ndarray:
@@ -103,15 +109,33 @@ class Counterfactual:
 
     @property
     def predicted_change(self) -> float:
-        """``L^'_T' - L^_T``: the simulated change of the final loss caused by the edit."""
+        """``L^'_T' - L^_T``: the simulated change of the final-step loss caused by the edit."""
         return float(self.simulated_edited[-1] - self.simulated_original[-1])
 
     @property
     def achieved_change(self) -> float | None:
-        """``L'_T' - L_T``: the real change after retraining, or ``None`` without one."""
+        """``L'_T' - L_T``: the real change of the final-step loss after retraining, or
+        ``None`` without one."""
         if self.retrained is None:
             return None
         return float(self.retrained[-1] - self.observed[-1])
+
+    @property
+    def window(self) -> int:
+        """``H = min(WINDOW, T, T')``: the steps ``window_changes`` averages."""
+        return min(WINDOW, len(self.simulated_original) - 1, len(self.simulated_edited) - 1)
+
+    def window_changes(self) -> tuple[float, float | None]:
+        """``(predicted, achieved)`` changes of the loss averaged over the last ``window``
+        steps of each trajectory (achieved ``None`` without a retraining)."""
+        H = self.window
+
+        def mean(x):
+            return float(np.mean(x[-H:]))
+
+        predicted = mean(self.simulated_edited) - mean(self.simulated_original)
+        achieved = None if self.retrained is None else mean(self.retrained) - mean(self.observed)
+        return predicted, achieved
 
     @property
     def diverged(self) -> bool:
@@ -144,4 +168,9 @@ class Counterfactual:
             "retrained": vec(self.retrained),
             "predicted_change": num(self.predicted_change),
             "achieved_change": num(self.achieved_change),
+            "window": {
+                "steps": self.window,
+                "predicted_change": num(self.window_changes()[0]),
+                "achieved_change": num(self.window_changes()[1]),
+            },
         }

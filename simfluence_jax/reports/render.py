@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from simfluence_jax.reports import plots
+from simfluence_jax.reports.attribution import SCORES_FILE, UNCHECKED, AttributionSection
 from simfluence_jax.reports.counterfactual import Counterfactual
 from simfluence_jax.reports.figures import (
     COUNTERFACTUAL_PNG,
@@ -56,6 +57,7 @@ class ReportContent:
       curves: ``{simulator: {"mse", "mae": float[T+1]}}`` of the non-diverged simulators.
       notes: sentences listed under the table.
       trajectory: what the trajectory figure shows; ``figures``: the PNG files written.
+      attribution: the Attribution section (``reports.attribution``), or ``None``.
       counterfactual, unseen_tables, extra_sections, config_text: as given to
         ``write_report``.
     """
@@ -76,6 +78,7 @@ class ReportContent:
     trajectory: TrajectoryFigure
     figures: Sequence[str]
     counterfactual: Counterfactual | None = None
+    attribution: AttributionSection | None = None
     unseen_tables: Mapping[str, Mapping[str, Row]] = dataclasses.field(default_factory=dict)
     extra_sections: Sequence[tuple[str, str]] = ()
     config_text: str = ""
@@ -131,6 +134,7 @@ def render_json(c: ReportContent) -> str:
         "trajectory_figure": {"run": t.run, "test_examples": t.examples,
                               "simulators": t.simulators},
         "counterfactual": c.counterfactual.to_json() if c.counterfactual is not None else None,
+        "attribution": c.attribution.to_json() if c.attribution is not None else None,
         "unseen_tables": {h: dict(tab) for h, tab in c.unseen_tables.items()},
         "notes": list(c.notes),
         "figures": list(c.figures),
@@ -228,20 +232,32 @@ def counterfactual_section(cf: Counterfactual) -> list[str]:
         lines += [""] + [
             f'- id {i}: "{plots.shorten(t, 100)}"' for i, t in zip(cf.removed_ids, cf.removed_texts)
         ]
-    lines.append("")
+    T, T_edit = len(cf.observed) - 1, len(cf.simulated_edited) - 1
+    H = cf.window
+    window_pred, window_real = cf.window_changes()
+    lines += [
+        "",
+        f"Changes of this test example's loss: at the final step alone (step {T_edit} of the "
+        f"edited run against step {T} of the original; one step, so noisy) and averaged over "
+        f"the last {H} steps of each run. Predicted: both trajectories simulated; achieved: "
+        "both real.",
+        "",
+    ]
     if cf.diverged:
         lines.append(f"- The simulated trajectories{sim} diverged; no predicted change is given.")
     else:
         lines.append(
-            f"- Predicted change of the final loss{sim}: {cf.predicted_change:+.4f} (simulated "
-            f"{cf.simulated_original[-1]:.4f} -> {cf.simulated_edited[-1]:.4f})."
+            f"- Predicted change of the final-step loss{sim}: {cf.predicted_change:+.4f} "
+            f"(simulated {cf.simulated_original[-1]:.4f} -> {cf.simulated_edited[-1]:.4f}); "
+            f"averaged over the last {H} steps: {window_pred:+.4f}."
         )
     if cf.achieved_change is None:
         lines.append("- No real retraining was run on the edited curriculum.")
     else:
         lines.append(
-            f"- Achieved change after retraining for real: {cf.achieved_change:+.4f} (observed "
-            f"{cf.observed[-1]:.4f} -> retrained {cf.retrained[-1]:.4f})."
+            f"- Achieved change of the final-step loss after retraining for real: "
+            f"{cf.achieved_change:+.4f} (observed {cf.observed[-1]:.4f} -> retrained "
+            f"{cf.retrained[-1]:.4f}); averaged over the last {H} steps: {window_real:+.4f}."
         )
         if not cf.diverged:
             agree = np.sign(cf.predicted_change) == np.sign(cf.achieved_change)
@@ -252,10 +268,89 @@ def counterfactual_section(cf: Counterfactual) -> list[str]:
                 else ""
             )
             lines.append(
-                f"- The predicted direction {'matches' if agree else 'does not match'} the "
-                f"achieved one{ratio}."
+                f"- At the final step the predicted direction "
+                f"{'matches' if agree else 'does not match'} the achieved one{ratio}."
             )
     return lines + ["", f"![Counterfactual]({COUNTERFACTUAL_PNG})"]
+
+
+def _ranked_table(entries, texts: bool) -> list[str]:
+    head = "| rank | id | effect |" + (" text |" if texts else "")
+    lines = [head, "|---|---|---|" + ("---|" if texts else "")]
+    for n, e in enumerate(entries, 1):
+        name = f"{e.id}" if str(e.train_id) == str(e.id) else f"{e.id} ({_md_escape(e.train_id)})"
+        text = f" {_md_escape(plots.shorten(e.text, 90))} |" if texts else ""
+        lines.append(f"| {n} | {name} | {e.effect:+.5f} |{text}")
+    return lines
+
+
+def _verdict_lines(verdict) -> list[str]:
+    if verdict is None:
+        return [UNCHECKED]
+    if isinstance(verdict, Mapping):
+        lines = ["Measured against real retraining (as given to this report):", ""]
+        for key, value in verdict.items():
+            shown = (
+                f"{value:.4g}"
+                if isinstance(value, float | np.floating) and is_finite(value)
+                else value
+            )
+            lines.append(f"- {_md_escape(key)}: {_md_escape(shown)}")
+        return lines
+    return [str(verdict).strip()]
+
+
+def attribution_section(a: AttributionSection) -> list[str]:
+    """The Attribution section in words: how the examples and the simulator were chosen,
+    two ranked tables per test example, and how far to trust them."""
+    texts = any(e.text for t in a.tests for e in (*t.helpful, *t.harmful))
+    lines = [
+        f"Training examples of the curriculum of held-out run {a.run} (the run of the "
+        f"trajectory figure) ranked by **{a.simulator}**, the simulator (controls never) "
+        f"with the lowest all-steps MSE here ({a.metric_value:.4g}). Effect: the simulated change "
+        f"of the test example's loss, averaged over the last {a.horizon} steps, when every "
+        "occurrence of the training example is removed (its slots left empty, the step "
+        "structure kept; `attribution.removal_effects`). **Effect > 0: removing it raises the "
+        "loss, so it helps; effect < 0: it hurts.** The test examples are those of this run "
+        "with the largest drop, the median and the largest rise of the observed loss "
+        "L_T - L_0.",
+        "",
+    ]
+    if a.num_unseen:
+        lines += [
+            f"{a.num_unseen} of the curriculum's {len(a.ids)} training examples never occurred "
+            f"in the fitting runs; {a.simulator} has no effect for them and they are not ranked.",
+            "",
+        ]
+    for t in a.tests:
+        about = f': "{_md_escape(plots.shorten(t.text, 120))}"' if t.text else ""
+        name = "" if str(t.test_id) == str(t.test_index) else f" ({_md_escape(t.test_id)})"
+        lines += [
+            f"### {', '.join(t.roles).capitalize()}: test example {t.test_index}{name}",
+            "",
+            f"Test example {t.test_index}{about}. Observed L_T - L_0 = {t.observed_change:+.4f}; "
+            f"simulated loss over the last {a.horizon} steps {t.baseline:.4f}."
+            + (" Every test loss of this run fell; this one fell least."
+               if "largest rise" in t.roles and t.observed_change < 0 else ""),
+            "",
+        ]  # fmt: skip
+        for label, sign, entries in (
+            ("Most helpful", "positive", t.helpful),
+            ("Most harmful", "negative", t.harmful),
+        ):
+            lines += [f"{label}:", ""]
+            lines += _ranked_table(entries, texts) if entries else [f"(none with a {sign} effect)"]
+            lines.append("")
+    lines += [
+        "### How far to trust this",
+        "",
+        *_verdict_lines(a.verdict),
+        "",
+        f"The effects of every training example of this curriculum on these test examples are "
+        f'in `{SCORES_FILE}.csv` (read with `pandas.read_csv(path, comment="#")`) and '
+        f"`{SCORES_FILE}.npz` (`attribution.load_scores`).",
+    ]
+    return lines
 
 
 METRICS_TEXT = (
@@ -325,6 +420,8 @@ def render_markdown(c: ReportContent) -> str:
     if c.notes:
         md += ["", "Notes:", ""] + [f"- {n}" for n in c.notes]
     md += [""] + _figure_sections(c)
+    if c.attribution is not None:
+        md += ["## Attribution", "", *attribution_section(c.attribution), ""]
     if c.counterfactual is not None:
         md += ["## Counterfactual", "", *counterfactual_section(c.counterfactual), ""]
     for heading, t in c.unseen_tables.items():
@@ -342,7 +439,10 @@ def render_markdown(c: ReportContent) -> str:
         "## Files",
         "",
         f"`{JSON_FILE}` (every number, with per-step error curves), `{CSV_FILE}` (one row per "
-        f"simulator), `{CONFIG_FILE}`" + "".join(f", `{f}`" for f in c.figures) + ".",
+        f"simulator), `{CONFIG_FILE}`"
+        + "".join(f", `{f}`" for f in c.figures)
+        + (f", `{SCORES_FILE}.csv`, `{SCORES_FILE}.npz`" if c.attribution is not None else "")
+        + ".",
         "",
     ]
     return "\n".join(md)

@@ -14,7 +14,16 @@ folder that a reader can open without running anything:
 ``trajectories.png``        true vs simulated trajectories of a few test examples
 ``per_step_error.png``      per-step MSE of every simulator (log scale)
 ``counterfactual.png``      only when a counterfactual is given
+``attribution_scores.*``    only when simulators are given: ``.csv`` and ``.npz``
+                            (``attribution.save_scores``), the simulated removal effect of
+                            every training example of one held-out curriculum on the three
+                            test examples of the Attribution section
 ==========================  ===============================================================
+
+With ``simulators``, ``report.md`` has an Attribution section (``reports.attribution``): the
+top helpful and harmful training examples of three test examples under the best fitted
+simulator, and how far to trust them (``attribution_verdict``, else a sentence saying they
+were not checked by retraining here).
 
 It composes three steps, each in its own module: ``scoring`` (the rows, divergence, the
 best of each metric; metrics as docs/design.md defines them), ``figures`` (what the figures
@@ -38,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from simfluence_jax.io import atomic_write, git_revision, make_dirs, split_revision
-from simfluence_jax.reports import figures, plots, render, scoring
+from simfluence_jax.reports import attribution, figures, plots, render, scoring
 from simfluence_jax.reports.counterfactual import Counterfactual
 from simfluence_jax.runs import RunSet
 
@@ -101,6 +110,8 @@ def write_report(
     plot_simulators: Sequence[str] | None = None,
     setup: Mapping[str, Any] | None = None,
     exclude_from_best: Sequence[str] = (),
+    simulators: Mapping[str, Any] | None = None,
+    attribution_verdict: str | Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes a report of simulators evaluated on held-out runs into ``out_dir`` (created;
     files of an earlier report there are replaced, other files left alone) and returns it.
@@ -118,6 +129,12 @@ def write_report(
         ``{label: value}`` lines of "What was run". exclude_from_best: rows never ranked.
       examples, example_ids, trajectory_run, plot_simulators: the trajectory figure
         (``figures.choose_trajectory_figure``).
+      simulators: ``{name: simulator}`` the fitted simulators of the rows; given, the report
+        has an Attribution section on held-out run ``trajectory_run`` under the best of them
+        (``reports.attribution``; one ``attribution.removal_effects`` call).
+      attribution_verdict: what real retraining measured about such effects (the
+        counterfactual benchmark's numbers), a text or ``{name: value}``, printed under the
+        Attribution section.
 
     Raises:
       ValueError: naming the problem: predictions of the wrong shape, group labels for
@@ -136,6 +153,13 @@ def write_report(
         rows, group_of, preds, heldout, run=trajectory_run, examples=examples,
         example_ids=example_ids, simulators=plot_simulators,
     )  # fmt: skip
+    best = scoring.best_by_metric(rows, exclude=exclude_from_best)
+    section, section_notes = None, []
+    if simulators:
+        section, section_notes = attribution.attribution_section(
+            heldout, simulators, rows, group_of, run=trajectory_run, exclude=exclude_from_best,
+            test_texts=test_texts, verdict=attribution_verdict,
+        )  # fmt: skip
     out = make_dirs(out_dir)
     curves = scoring.error_curves(preds, heldout, rows)
     written = figures.write_figures(
@@ -146,9 +170,9 @@ def write_report(
     content = render.ReportContent(
         title=title, **_provenance(), sizes=_sizes(heldout), setup=dict(setup or {}), rows=rows,
         groups=group_of, show_groups=bool(groups), curves=curves, trajectory=trajectory,
-        best=scoring.best_by_metric(rows, exclude=exclude_from_best),
-        exclude_from_best=list(exclude_from_best), figures=written,
-        notes=scoring.divergence_notes(rows) + figure_notes, counterfactual=counterfactual,
+        best=best, exclude_from_best=list(exclude_from_best), figures=written,
+        notes=scoring.divergence_notes(rows) + figure_notes + section_notes,
+        counterfactual=counterfactual, attribution=section,
         unseen_tables=dict(unseen_tables or {}), extra_sections=list(extra_sections or ()),
         config_text=config_text,
     )  # fmt: skip
@@ -161,6 +185,11 @@ def _write_files(out: Path, content: render.ReportContent) -> None:
     this one does not have are removed."""
     atomic_write(out / render.JSON_FILE, render.render_json(content))
     atomic_write(out / render.CSV_FILE, render.render_csv(content))
+    if content.attribution is not None:
+        attribution.save_section_scores(out, content.attribution)
+    else:
+        for suffix in (".npz", ".csv"):
+            (out / f"{attribution.SCORES_FILE}{suffix}").unlink(missing_ok=True)
     no_config = "# No gin configuration was given for this report.\n"
     text = content.config_text
     atomic_write(out / render.CONFIG_FILE, text if text.strip() else no_config)
