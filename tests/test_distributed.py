@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from run_factory_worker import toy_factory, toy_plan
@@ -64,3 +65,18 @@ def test_two_processes_equal_one_process(tmp_path):
     batches, seeds = toy_plan()
     one_process = toy_factory().run(batches, seeds, group_size=2)
     np.testing.assert_array_equal(runset.losses, one_process)
+    # Every process wrote the data of its own checkpoints, not only their metadata: each
+    # reads back, holds its step, and step 0 of every run is the starting parameters.
+    from simfluence_jax.store import checkpoint_steps, load_checkpoint
+
+    start = jax.tree_util.tree_leaves(jax.device_get(toy_factory().trainable0))
+    for run in range(4):
+        assert checkpoint_steps(store, run) == [0, 6, 12]
+        for step in (0, 6, 12):
+            ckpt = load_checkpoint(store, run, step)
+            assert ckpt["step"] == step and np.isfinite(ckpt["learning_rate"])
+            leaves = jax.tree_util.tree_leaves(ckpt["trainable"])
+            assert len(leaves) == len(start) and all(np.isfinite(x).all() for x in leaves)
+            if step == 0:
+                for got, want in zip(leaves, start):
+                    np.testing.assert_array_equal(got, want)

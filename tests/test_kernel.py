@@ -131,16 +131,66 @@ def test_grid_in_chunks_of_mu_equals_the_whole_grid(kernel_world, monkeypatch):
     np.testing.assert_array_equal(np.asarray(chunked.A), np.asarray(whole.A))
 
 
-def test_zero_momentum_constant_rate_is_the_paper_form():
+def _plain_linear(runs: RunSet, alpha0: float, l2: float):
+    """Simfluence-Linear as the paper states it, with no kernel: for each test example the
+    ridge of ``L_t - alpha0 L_{t-1}`` on the batch counts ``m(c_t)`` and ``m(c_t) L_{t-1}``,
+    one design row per (run, step), solved in closed form. ``(A, B) [M, N]``."""
+    N = runs.num_train
+    rows, L_prev, L_next = [], [], []
+    for r in range(runs.num_runs):
+        for t, batch in enumerate(runs.batches[r]):
+            rows.append(np.bincount(batch[batch >= 0], minlength=N).astype(np.float64))
+            L_prev.append(runs.losses[r, t])
+            L_next.append(runs.losses[r, t + 1])
+    m, L_prev, L_next = np.array(rows), np.array(L_prev), np.array(L_next)
+    A, B = [], []
+    for j in range(runs.num_test):
+        D = np.hstack([m * L_prev[:, j : j + 1], m])
+        y = L_next[:, j] - alpha0 * L_prev[:, j]
+        theta = np.linalg.solve(D.T @ D + l2 * np.eye(2 * N), D.T @ y)
+        A.append(theta[:N])
+        B.append(theta[N:])
+    return np.array(A), np.array(B)
+
+
+def _plain_rollout(A, B, alpha0: float, runs: RunSet):
+    """``L_t = (alpha0 + A . m(c_t)) L_{t-1} + B . m(c_t)`` from the observed ``L_0``."""
+    out = np.zeros(runs.losses.shape)
+    for r in range(runs.num_runs):
+        out[r, 0] = runs.losses[r, 0]
+        for t, batch in enumerate(runs.batches[r]):
+            m = np.bincount(batch[batch >= 0], minlength=runs.num_train)
+            out[r, t + 1] = (alpha0 + A @ m) * out[r, t] + B @ m
+    return out
+
+
+@pytest.mark.parametrize("alpha", ["sum", "one_plus_sum"])
+def test_zero_momentum_is_the_plain_linear_fit(alpha):
+    """mu = 0 without lr scaling is Simfluence-Linear: the same parameters as a closed-form
+    plain ridge written above (no buffer, no schedule, though these runs have one) and the
+    same rollout; a nonzero mu is not."""
+    fit, _, test = _world(0.5, schedule=True, seed=1, num_runs=30).split(20, 5, 5)
+    alpha0 = fitting.ALPHA_FORMS[alpha]
+    A, B = _plain_linear(fit, alpha0, L2)
+    with jax.enable_x64(True):
+        zero = sj.fit_simulator("linear", fit, alpha=alpha, momentum=0.0, l2=L2, dtype=np.float64)
+        default = sj.fit_simulator("linear", fit, alpha=alpha, l2=L2, dtype=np.float64)
+        other = sj.fit_simulator("linear", fit, alpha=alpha, momentum=0.5, l2=L2, dtype=np.float64)
+        predicted = np.asarray(sj.predict(zero, test))
+    assert zero.momentum == 0.0 and not zero.lr_scaled
+    scale = np.abs(A).max()
+    for sim in (zero, default):
+        np.testing.assert_allclose(np.asarray(sim.A), A, rtol=1e-6, atol=1e-9 * scale)
+        np.testing.assert_allclose(np.asarray(sim.B), B, rtol=1e-6, atol=1e-9 * np.abs(B).max())
+    assert np.abs(np.asarray(other.A) - A).max() > 0.1 * scale  # the check can fail
+    np.testing.assert_allclose(predicted, _plain_rollout(A, B, alpha0, test), rtol=1e-6, atol=1e-9)
+
+
+def test_lr_scaled_with_a_constant_rate_only_rescales_the_parameters():
     fit, val, test = _world(0.0, schedule=False, seed=1, num_runs=30).split(20, 5, 5)
     plain = sj.fit_simulator("linear", fit, validation=val)
-    zero = sj.fit_simulator("linear", fit, validation=val, momentum=0.0)
-    assert zero.momentum == 0.0 and not zero.lr_scaled
-    np.testing.assert_array_equal(np.asarray(zero.A), np.asarray(plain.A))
-    np.testing.assert_array_equal(np.asarray(zero.B), np.asarray(plain.B))
-    np.testing.assert_array_equal(sj.predict(zero, test), sj.predict(plain, test))
-    # With a constant rate, lr_scaled only rescales the parameters: same predictions.
     scaled = sj.fit_simulator("linear", fit, validation=val, lr_scaled=True)
+    assert scaled.lr_scaled and not plain.lr_scaled
     np.testing.assert_allclose(sj.predict(scaled, test), sj.predict(plain, test), atol=1e-4)
 
 
