@@ -40,6 +40,7 @@ def problem():
         dots=(dots * 4).astype(np.float32),  # x4: undoes the 1/B of batch size 4
         final=(effect * 4).astype(np.float32),
         influence=(effect * 40 + 0.1 * rng.normal(size=effect.shape)).astype(np.float32),
+        trak=(effect * 7 + 0.1 * rng.normal(size=effect.shape)).astype(np.float32),
         learning_rates=np.ones(T, np.float32),
     )
     return p, fit, val, test, grads
@@ -162,7 +163,15 @@ def test_bad_inputs_raise_clear_errors(problem):
 def test_precomputed_gradients_round_trip(tmp_path, problem):
     grads = dataclasses.replace(problem[4], metadata={"model": "toy", "damping": 0.1})
     back = PrecomputedGradients.load(grads.save(tmp_path / "scores.npz"))
-    for key in ("steps", "checkpoint_rates", "dots", "final", "influence", "learning_rates"):
+    for key in (
+        "steps",
+        "checkpoint_rates",
+        "dots",
+        "final",
+        "influence",
+        "learning_rates",
+        "trak",
+    ):
         np.testing.assert_array_equal(getattr(back, key), getattr(grads, key))
     assert back.metadata == grads.metadata
 

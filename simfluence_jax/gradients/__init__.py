@@ -17,13 +17,14 @@ Modules:
   low-rank Lanczos), each with its own config, in the registry ``IHVP_SOLVERS``;
 * ``influence``: influence scores through a registered solver, and ``InfluenceConfig``
   (a solver's config from the flat dict a config file gives);
+* ``trak``: TRAK (projected gradients, the after-kernel, an ensemble of checkpoints);
 * ``context``: ``GradientContext`` (computes and caches scores) and
   ``PrecomputedGradients`` (the scores as arrays);
 * ``baselines``: the scores as additive simulators, raw and calibrated.
 
 ``simfluence_jax.SIMULATORS`` lists the simulators ``tracin_cp``, ``tracin_cp_summed``,
-``grad_dot``, ``influence`` and their ``*_calibrated`` twins (this package is imported when
-one is first fitted); fit them with ``fit_simulator(name, runs, gradients=ctx)``.
+``grad_dot``, ``influence``, ``trak`` and their ``*_calibrated`` twins (this package is
+imported when one is first fitted); fit them with ``fit_simulator(name, runs, gradients=ctx)``.
 """
 
 from simfluence_jax.gradients.baselines import (
@@ -75,6 +76,7 @@ from simfluence_jax.gradients.tracin import (
     nearest_checkpoint,
     tracin_cp,
 )
+from simfluence_jax.gradients.trak import TRAKConfig, after_kernel_scores, trak_scores
 
 __all__ = [
     "BASELINES",
@@ -91,6 +93,8 @@ __all__ = [
     "Projection",
     "SolveInfo",
     "SolverConfig",
+    "TRAKConfig",
+    "after_kernel_scores",
     "calibrate",
     "calibration_scale",
     "checkpoint_dots",
@@ -118,4 +122,5 @@ __all__ = [
     "solve_lowrank",
     "top_eigenvalue",
     "tracin_cp",
+    "trak_scores",
 ]
