@@ -41,6 +41,7 @@ def problem():
         final=(effect * 4).astype(np.float32),
         influence=(effect * 40 + 0.1 * rng.normal(size=effect.shape)).astype(np.float32),
         trak=(effect * 7 + 0.1 * rng.normal(size=effect.shape)).astype(np.float32),
+        ekfac=(effect * 20 + 0.1 * rng.normal(size=effect.shape)).astype(np.float32),
         learning_rates=np.ones(T, np.float32),
     )
     return p, fit, val, test, grads
@@ -225,6 +226,7 @@ def test_toy_runs_from_a_store(tmp_path):
         test=test,
         runs=[0, 1],
         influence={"solver": "cg", "damping": 0.3},  # a dict, as a config file gives it
+        ekfac={"damping": 0.3, "relative_damping": False},  # the same lambda as influence
     )
     assert ctx.influence == sj.gradients.InfluenceConfig(solver="cg", damping=0.3)
     steps, rates, dots = ctx.checkpoint_dots()

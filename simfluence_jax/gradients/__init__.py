@@ -18,12 +18,14 @@ Modules:
 * ``influence``: influence scores through a registered solver, and ``InfluenceConfig``
   (a solver's config from the flat dict a config file gives);
 * ``trak``: TRAK (projected gradients, the after-kernel, an ensemble of checkpoints);
+* ``ekfac``: EK-FAC influence (Kronecker-factored Gauss-Newton of dense layers, eigenvalues
+  corrected in its eigenbasis);
 * ``context``: ``GradientContext`` (computes and caches scores) and
   ``PrecomputedGradients`` (the scores as arrays);
 * ``baselines``: the scores as additive simulators, raw and calibrated.
 
 ``simfluence_jax.SIMULATORS`` lists the simulators ``tracin_cp``, ``tracin_cp_summed``,
-``grad_dot``, ``influence``, ``trak`` and their ``*_calibrated`` twins (this package is
+``grad_dot``, ``influence``, ``trak``, ``ekfac`` and their ``*_calibrated`` twins (this package is
 imported when one is first fitted); fit them with ``fit_simulator(name, runs, gradients=ctx)``.
 """
 
@@ -40,6 +42,7 @@ from simfluence_jax.gradients.context import (
     GradientSource,
     PrecomputedGradients,
 )
+from simfluence_jax.gradients.ekfac import EKFACConfig, ekfac_factors, ekfac_scores
 from simfluence_jax.gradients.ihvp import (
     IHVP_SOLVERS,
     CGConfig,
@@ -82,6 +85,7 @@ __all__ = [
     "BASELINES",
     "CGConfig",
     "Checkpoint",
+    "EKFACConfig",
     "ExactConfig",
     "GradientContext",
     "GradientSource",
@@ -99,6 +103,8 @@ __all__ = [
     "calibration_scale",
     "checkpoint_dots",
     "dots_with",
+    "ekfac_factors",
+    "ekfac_scores",
     "explicit_matrix",
     "gradient_dots",
     "gradient_simulator_names",

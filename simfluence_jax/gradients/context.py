@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from simfluence_jax.gradients.ekfac import EKFACConfig, ekfac_scores
 from simfluence_jax.gradients.influence import (
     InfluenceConfig,
     SolveInfo,
@@ -58,6 +59,10 @@ class GradientSource(Protocol):
         """``float32[N, M]``: TRAK scores (``gradients.trak``), ensemble-averaged."""
         ...
 
+    def ekfac_scores(self) -> np.ndarray:
+        """``float32[N, M]``: EK-FAC influence scores (``gradients.ekfac``)."""
+        ...
+
 
 # ---------------------------------------------------------------------------------------------
 
@@ -88,6 +93,9 @@ class GradientContext:
       trak: a ``TRAKConfig`` or a dict of its fields (``{"dim": 1024, "ensemble_size":
         4}``); default ``TRAKConfig()``. Its ensemble is ``final`` (when given) and then
         the checkpoints, the latest first.
+      ekfac: an ``EKFACConfig`` or a dict of its fields (``{"damping": 0.1, "layers":
+        "kernel$", "fisher": "true", "num_classes": 2}``); default ``EKFACConfig()``. It
+        uses ``hessian_inputs`` like influence functions.
     """
 
     def __init__(
@@ -106,6 +114,7 @@ class GradientContext:
         influence: SolverConfig | Mapping | None = None,
         hessian_inputs: Any | None = None,
         trak: TRAKConfig | Mapping | None = None,
+        ekfac: EKFACConfig | Mapping | None = None,
     ):
         if isinstance(projection, int):
             projection = Projection(dim=projection)
@@ -127,6 +136,8 @@ class GradientContext:
         self.hessian_inputs = hessian_inputs
         self.trak = TRAKConfig(**trak) if isinstance(trak, Mapping) else trak or TRAKConfig()
         self.trak_info: dict = {}
+        self.ekfac = EKFACConfig(**ekfac) if isinstance(ekfac, Mapping) else ekfac or EKFACConfig()
+        self.ekfac_info: list[dict] = []
         self.influence_info: list[SolveInfo] = []
         self._cache: dict[str, Any] = {}
         self._dots_fn = make_dots_fn(
@@ -260,12 +271,27 @@ class GradientContext:
             self._cache["trak"] = scores
         return self._cache["trak"]
 
+    def ekfac_scores(self) -> np.ndarray:
+        """``float32[N, M]`` EK-FAC influence at the final model (averaged over runs);
+        computed once."""
+        if "ekfac" not in self._cache:
+            per = []
+            for theta in self._final_params():
+                scores, info = ekfac_scores(
+                    self.loss_fn, theta, self.frozen, self.pool, self.test,
+                    hessian_inputs=self.hessian_inputs, config=self.ekfac,
+                )  # fmt: skip
+                self.ekfac_info.append(info)
+                per.append(scores)
+            self._cache["ekfac"] = np.mean(per, axis=0).astype(np.float32)
+        return self._cache["ekfac"]
+
     def precompute(
         self, which: Sequence[str] = ("checkpoints", "final", "influence")
     ) -> PrecomputedGradients:
         """The requested scores as arrays (computing what is not cached yet); ``which`` may
-        also name ``trak``."""
-        unknown = set(which) - {"checkpoints", "final", "influence", "trak"}
+        also name ``trak`` and ``ekfac``."""
+        unknown = set(which) - {"checkpoints", "final", "influence", "trak", "ekfac"}
         if unknown:
             raise ValueError(f"unknown score kinds {sorted(unknown)}")
         steps = rates = dots = None
@@ -278,6 +304,7 @@ class GradientContext:
             final=self.final_dots() if "final" in which else None,
             influence=self.influence_scores() if "influence" in which else None,
             trak=self.trak_scores() if "trak" in which else None,
+            ekfac=self.ekfac_scores() if "ekfac" in which else None,
             learning_rates=self.learning_rates,
         )
 
@@ -287,7 +314,7 @@ class GradientContext:
 
 #: The array fields of :class:`PrecomputedGradients`, as saved.
 ARRAY_FIELDS = (
-    "steps", "checkpoint_rates", "dots", "final", "influence", "learning_rates", "trak",
+    "steps", "checkpoint_rates", "dots", "final", "influence", "learning_rates", "trak", "ekfac",
 )  # fmt: skip
 
 
@@ -302,6 +329,7 @@ class PrecomputedGradients:
       final: ``float32[N, M]`` dot products at the final model (Grad-Dot).
       influence: ``float32[N, M]`` influence-function scores.
       trak: ``float32[N, M]`` TRAK scores.
+      ekfac: ``float32[N, M]`` EK-FAC influence scores.
       learning_rates: ``float32[T]`` the rate of steps ``1..T`` (or ``None``).
       metadata: JSON-serialisable notes (model, selection, projection, damping).
     """
@@ -313,6 +341,7 @@ class PrecomputedGradients:
     influence: np.ndarray | None = None
     learning_rates: np.ndarray | None = None
     trak: np.ndarray | None = None
+    ekfac: np.ndarray | None = None
     metadata: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -328,7 +357,7 @@ class PrecomputedGradients:
                     f"dots must be [K, N, M] with K steps and K rates, got {dots.shape}, "
                     f"{np.shape(self.steps)}, {np.shape(self.checkpoint_rates)}"
                 )
-        for name in ("final", "influence", "trak"):
+        for name in ("final", "influence", "trak", "ekfac"):
             value = getattr(self, name)
             if value is not None and np.ndim(value) != 2:
                 raise ValueError(f"{name} must be [N, M], got shape {np.shape(value)}")
@@ -356,6 +385,9 @@ class PrecomputedGradients:
 
     def trak_scores(self) -> np.ndarray:
         return np.asarray(self._need("trak", "TRAK scores"), np.float32)
+
+    def ekfac_scores(self) -> np.ndarray:
+        return np.asarray(self._need("ekfac", "EK-FAC scores"), np.float32)
 
     def save(self, path: str | Path) -> Path:
         """Writes ``path`` (``.npz``; metadata as a JSON string)."""
