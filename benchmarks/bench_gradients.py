@@ -14,6 +14,12 @@ Sections (each prints a table; everything goes to ``benchmarks/results/bench_gra
   before the call, minus ``VmRSS``). Each point runs in a fresh subprocess.
 * ``influence``: the head-only exact inverse (the cheap quickstart inverse) and CG on the
   top layer + head (time per CG iteration for all M test examples at once).
+* ``scores``: the whole N x M score matrix of each score provider, side by side, each in a
+  fresh subprocess: seconds of the first call (compilation included, as a user meets it)
+  and the peak resident memory it adds: TracIn-CP at one checkpoint, influence functions
+  (exact head-only inverse; Lanczos rank 16 over all trained parameters), TRAK with one
+  model (dimension 1024; the cost grows linearly with the ensemble size) and EK-FAC over
+  every trained dense kernel with the exact Gauss-Newton of the softmax.
 
 Settings: ``toy`` (the toy classifier, 45k parameters; seconds), ``minilm_top1`` (MiniLM on
 the polarity task, top layer + head on cached lower layers: 1.8M parameters, N = 150,
@@ -69,7 +75,16 @@ def minilm_setting():
 
 SETTINGS = {"toy": toy_setting, "minilm_top1": minilm_setting}
 HEAD = r"(^|/)head/"
-SECTIONS = ("throughput", "tracin", "memory", "influence")
+SECTIONS = ("throughput", "tracin", "memory", "influence", "scores")
+#: The score providers of the ``scores`` section.
+SCORE_METHODS = (
+    "tracin_cp, 1 checkpoint",
+    "influence, exact head only",
+    "influence, lanczos 16, damping 1",
+    "trak, 1 model, countsketch 1024",
+    "trak, 1 model, gaussian 1024",
+    "ekfac, dense kernels",
+)
 
 
 def prepared(name: str):
@@ -310,6 +325,70 @@ def bench_influence(name: str, *, quick: bool, cg_iters: int, lanczos_rank: int)
     return rows
 
 
+def scores_child(name: str, method: str, quick: bool) -> dict:
+    """One score provider on one setting, in this (fresh) process: seconds and peak RSS."""
+    from simfluence_jax.gradients import EKFACConfig, TRAKConfig, ekfac_scores, trak_scores
+    from simfluence_jax.gradients.influence import influence_scores
+
+    loss_fn, theta, frozen, pool, test = prepared(name)
+    if quick:
+        pool, test = rows_of(pool, 48), rows_of(test, 16)
+    n = jax.tree_util.tree_leaves(pool)[0].shape[0]
+    m = jax.tree_util.tree_leaves(test)[0].shape[0]
+    num_classes = 2  # both settings are 2-class classifiers
+
+    def run():
+        if method.startswith("tracin_cp"):
+            f = jax.jit(lambda th, fr, x, y: gradient_dots(loss_fn, th, fr, x, y, chunk_size=16))
+            return f(theta, frozen, pool, test)
+        if method == "influence, exact head only":
+            cfg = InfluenceConfig(solver="exact", damping=0.01, select=HEAD, chunk_size=16)
+            return influence_scores(loss_fn, theta, frozen, pool, test, config=cfg)[0]
+        if method == "influence, lanczos 16, damping 1":
+            cfg = InfluenceConfig(solver="lanczos", damping=1.0, lanczos_rank=16, chunk_size=16)
+            return influence_scores(loss_fn, theta, frozen, pool, test, config=cfg)[0]
+        if method.startswith("trak"):
+            kind = method.split(", ")[-1].split()[0]
+            cfg = TRAKConfig(dim=1024, projection=kind, chunk_size=64 if kind == "gaussian" else 16)
+            return trak_scores(loss_fn, [theta], frozen, pool, test, config=cfg)[0]
+        if method.startswith("ekfac"):
+            cfg = EKFACConfig(fisher="true", num_classes=num_classes, chunk_size=16)
+            return ekfac_scores(loss_fn, theta, frozen, pool, test, config=cfg)[0]
+        raise ValueError(f"unknown method {method!r}")
+
+    jax.block_until_ready((theta, frozen, pool, test))
+    reset = _reset_peak_rss()
+    before = _status_kb("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    out = np.asarray(jax.block_until_ready(run()))
+    seconds = time.perf_counter() - t0
+    after = _status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return dict(
+        setting=name,
+        params=sum(int(x.size) for x in jax.tree_util.tree_leaves(theta)),
+        N=n,
+        M=m,
+        method=method,
+        seconds=seconds,
+        peak_rss_increase_mb=(after - before) / 1024,
+        finite=bool(np.all(np.isfinite(out))),
+    )
+
+
+def bench_scores(name: str, *, quick: bool, methods=SCORE_METHODS) -> list[dict]:
+    rows = []
+    for method in methods:
+        arg = json.dumps([name, method, quick])
+        cmd = [sys.executable, "-m", "benchmarks.bench_gradients", "--scores-child", arg]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            rows.append(dict(setting=name, method=method, error=out.stderr[-300:]))
+            continue
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="toy,minilm_top1")
@@ -319,10 +398,17 @@ def main(argv=None) -> None:
     parser.add_argument("--cg-iters", type=int, default=3)
     parser.add_argument("--lanczos-rank", type=int, default=16)
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--scores-child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--score-methods", default=";".join(SCORE_METHODS), help="';'-separated, scores section"
+    )
     args = parser.parse_args(argv)
     if args.memory_child:
         name, n, chunk = json.loads(args.memory_child)
         print(json.dumps(memory_child(name, n, chunk)))
+        return
+    if args.scores_child:
+        print(json.dumps(scores_child(*json.loads(args.scores_child))))
         return
     sections = args.sections.split(",")
     results: dict[str, list] = {s: [] for s in sections}
@@ -343,6 +429,9 @@ def main(argv=None) -> None:
             results["influence"] += bench_influence(
                 name, quick=args.quick, cg_iters=args.cg_iters, lanczos_rank=args.lanczos_rank
             )
+        if "scores" in sections:
+            methods = [m for m in args.score_methods.split(";") if m]
+            results["scores"] += bench_scores(name, quick=args.quick, methods=methods)
     columns = {
         "throughput": [
             "setting",
@@ -365,6 +454,16 @@ def main(argv=None) -> None:
             "hvps",
             "seconds_per_hvp",
             "negative_curvature",
+        ],
+        "scores": [
+            "setting",
+            "params",
+            "N",
+            "M",
+            "method",
+            "seconds",
+            "peak_rss_increase_mb",
+            "finite",
         ],
     }
     for section, rows in results.items():

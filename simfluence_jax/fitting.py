@@ -411,7 +411,7 @@ class LazyFitter:
 
 
 #: The gradient baselines (``simfluence_jax.gradients.baselines``), each raw and calibrated.
-GRADIENT_BASELINES = ("tracin_cp", "tracin_cp_summed", "grad_dot", "influence")
+GRADIENT_BASELINES = ("tracin_cp", "tracin_cp_summed", "grad_dot", "influence", "trak", "ekfac")
 CALIBRATED_SUFFIX = "_calibrated"
 
 for _name in GRADIENT_BASELINES:

@@ -40,6 +40,8 @@ def problem():
         dots=(dots * 4).astype(np.float32),  # x4: undoes the 1/B of batch size 4
         final=(effect * 4).astype(np.float32),
         influence=(effect * 40 + 0.1 * rng.normal(size=effect.shape)).astype(np.float32),
+        trak=(effect * 7 + 0.1 * rng.normal(size=effect.shape)).astype(np.float32),
+        ekfac=(effect * 20 + 0.1 * rng.normal(size=effect.shape)).astype(np.float32),
         learning_rates=np.ones(T, np.float32),
     )
     return p, fit, val, test, grads
@@ -162,7 +164,15 @@ def test_bad_inputs_raise_clear_errors(problem):
 def test_precomputed_gradients_round_trip(tmp_path, problem):
     grads = dataclasses.replace(problem[4], metadata={"model": "toy", "damping": 0.1})
     back = PrecomputedGradients.load(grads.save(tmp_path / "scores.npz"))
-    for key in ("steps", "checkpoint_rates", "dots", "final", "influence", "learning_rates"):
+    for key in (
+        "steps",
+        "checkpoint_rates",
+        "dots",
+        "final",
+        "influence",
+        "learning_rates",
+        "trak",
+    ):
         np.testing.assert_array_equal(getattr(back, key), getattr(grads, key))
     assert back.metadata == grads.metadata
 
@@ -216,6 +226,7 @@ def test_toy_runs_from_a_store(tmp_path):
         test=test,
         runs=[0, 1],
         influence={"solver": "cg", "damping": 0.3},  # a dict, as a config file gives it
+        ekfac={"damping": 0.3, "relative_damping": False},  # the same lambda as influence
     )
     assert ctx.influence == sj.gradients.InfluenceConfig(solver="cg", damping=0.3)
     steps, rates, dots = ctx.checkpoint_dots()

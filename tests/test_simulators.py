@@ -29,6 +29,8 @@ def _fit_kwargs(name, runs, seed=0):
                 checkpoint_rates=np.full(2, 0.1, np.float32),
                 dots=rng.normal(size=(2, N, M)).astype(np.float32),
                 influence=rng.normal(size=(N, M)).astype(np.float32),
+                trak=rng.normal(size=(N, M)).astype(np.float32),
+                ekfac=rng.normal(size=(N, M)).astype(np.float32),
                 learning_rates=np.full(T, 0.1, np.float32),
             )
         }
@@ -226,7 +228,8 @@ def test_recovers_known_parameters(name):
         S = (-np.asarray(p.truth.B).T * fit.batch_size / c).astype(np.float32)
         grads = PrecomputedGradients(
             steps=np.array([0, T // 2]), checkpoint_rates=np.array([1.0, 0.5], np.float32),
-            dots=np.stack([S, S]), final=S, influence=S, learning_rates=np.ones(T, np.float32),
+            dots=np.stack([S, S]), final=S, influence=S, trak=S, ekfac=S,
+            learning_rates=np.ones(T, np.float32),
         )  # fmt: skip
         sim = sj.fit_simulator(name, fit, gradients=grads)
         assert float(sim.scale) == pytest.approx(c, rel=0.01)

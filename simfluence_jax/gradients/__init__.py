@@ -17,13 +17,16 @@ Modules:
   low-rank Lanczos), each with its own config, in the registry ``IHVP_SOLVERS``;
 * ``influence``: influence scores through a registered solver, and ``InfluenceConfig``
   (a solver's config from the flat dict a config file gives);
+* ``trak``: TRAK (projected gradients, the after-kernel, an ensemble of checkpoints);
+* ``ekfac``: EK-FAC influence (Kronecker-factored Gauss-Newton of dense layers, eigenvalues
+  corrected in its eigenbasis);
 * ``context``: ``GradientContext`` (computes and caches scores) and
   ``PrecomputedGradients`` (the scores as arrays);
 * ``baselines``: the scores as additive simulators, raw and calibrated.
 
 ``simfluence_jax.SIMULATORS`` lists the simulators ``tracin_cp``, ``tracin_cp_summed``,
-``grad_dot``, ``influence`` and their ``*_calibrated`` twins (this package is imported when
-one is first fitted); fit them with ``fit_simulator(name, runs, gradients=ctx)``.
+``grad_dot``, ``influence``, ``trak``, ``ekfac`` and their ``*_calibrated`` twins (this package is
+imported when one is first fitted); fit them with ``fit_simulator(name, runs, gradients=ctx)``.
 """
 
 from simfluence_jax.gradients.baselines import (
@@ -39,6 +42,7 @@ from simfluence_jax.gradients.context import (
     GradientSource,
     PrecomputedGradients,
 )
+from simfluence_jax.gradients.ekfac import EKFACConfig, ekfac_factors, ekfac_scores
 from simfluence_jax.gradients.ihvp import (
     IHVP_SOLVERS,
     CGConfig,
@@ -75,11 +79,13 @@ from simfluence_jax.gradients.tracin import (
     nearest_checkpoint,
     tracin_cp,
 )
+from simfluence_jax.gradients.trak import TRAKConfig, after_kernel_scores, trak_scores
 
 __all__ = [
     "BASELINES",
     "CGConfig",
     "Checkpoint",
+    "EKFACConfig",
     "ExactConfig",
     "GradientContext",
     "GradientSource",
@@ -91,10 +97,14 @@ __all__ = [
     "Projection",
     "SolveInfo",
     "SolverConfig",
+    "TRAKConfig",
+    "after_kernel_scores",
     "calibrate",
     "calibration_scale",
     "checkpoint_dots",
     "dots_with",
+    "ekfac_factors",
+    "ekfac_scores",
     "explicit_matrix",
     "gradient_dots",
     "gradient_simulator_names",
@@ -118,4 +128,5 @@ __all__ = [
     "solve_lowrank",
     "top_eigenvalue",
     "tracin_cp",
+    "trak_scores",
 ]

@@ -14,6 +14,12 @@ first use):
                                 (the rate-weighted mean dot product)
 ``grad_dot``                    dot products at the final model
 ``influence``                   ``g_i^T (H + lambda I)^{-1} g_test`` at the final model
+``trak``                        TRAK: ``g_test^T (Phi^T Phi + lambda I)^{-1} g_i`` on
+                                projected gradients, averaged over an ensemble of
+                                checkpoints (``gradients.trak``)
+``ekfac``                       ``g_i^T (G + lambda I)^{-1} g_test`` with the EK-FAC
+                                Gauss-Newton of the dense layers at the final model
+                                (``gradients.ekfac``)
 ``<name>_calibrated``           the same with one global scale fitted on the fitting runs
 ==============================  ===================================================
 
@@ -170,6 +176,10 @@ def raw_simulator(name: str, runs: RunSet, *, gradients, learning_rates=None):
         S = gradients.final_dots()
     elif name == "influence":
         S = gradients.influence_scores()
+    elif name == "trak":
+        S = gradients.trak_scores()
+    elif name == "ekfac":
+        S = gradients.ekfac_scores()
     else:
         raise ValueError(f"unknown gradient baseline {name!r}; known: {', '.join(BASELINES)}")
     _check_sizes(S, runs, name)

@@ -8,7 +8,8 @@ fitters registered by ``simfluence_jax.gradients.baselines`` take them as one ke
                                      runs=[0, 1])
     sim = fit_simulator("tracin_cp", fit_runs, gradients=ctx)
 
-Anything with the four members of :class:`GradientSource` works as ``gradients``:
+Anything with the members of :class:`GradientSource` works as ``gradients`` (a source needs
+only the scores its simulators read):
 :class:`GradientContext` computes the scores on first use and caches them;
 :class:`PrecomputedGradients` holds them as arrays (saved to and loaded from ``.npz``
 without pickle), so the expensive part is done once and the fitters run in milliseconds.
@@ -24,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from simfluence_jax.gradients.ekfac import EKFACConfig, ekfac_scores
 from simfluence_jax.gradients.influence import (
     InfluenceConfig,
     SolveInfo,
@@ -32,6 +34,7 @@ from simfluence_jax.gradients.influence import (
 )
 from simfluence_jax.gradients.per_example import LossFn, Projection, Select, method_loss
 from simfluence_jax.gradients.tracin import Checkpoint, checkpoint_dots, group_by_step, make_dots_fn
+from simfluence_jax.gradients.trak import TRAKConfig, trak_scores
 
 
 @runtime_checkable
@@ -50,6 +53,14 @@ class GradientSource(Protocol):
 
     def influence_scores(self) -> np.ndarray:
         """``float32[N, M]``: ``g_i^T (H + lambda I)^{-1} g_test_j`` at the final model."""
+        ...
+
+    def trak_scores(self) -> np.ndarray:
+        """``float32[N, M]``: TRAK scores (``gradients.trak``), ensemble-averaged."""
+        ...
+
+    def ekfac_scores(self) -> np.ndarray:
+        """``float32[N, M]``: EK-FAC influence scores (``gradients.ekfac``)."""
         ...
 
 
@@ -79,6 +90,12 @@ class GradientContext:
         or a dict for ``InfluenceConfig`` (``{"solver": "exact", "damping": 0.01,
         "select": "head/"}``); default ``InfluenceConfig()`` (CG).
       hessian_inputs: examples defining the Hessian (default: the pool).
+      trak: a ``TRAKConfig`` or a dict of its fields (``{"dim": 1024, "ensemble_size":
+        4}``); default ``TRAKConfig()``. Its ensemble is ``final`` (when given) and then
+        the checkpoints, the latest first.
+      ekfac: an ``EKFACConfig`` or a dict of its fields (``{"damping": 0.1, "layers":
+        "kernel$", "fisher": "true", "num_classes": 2}``); default ``EKFACConfig()``. It
+        uses ``hessian_inputs`` like influence functions.
     """
 
     def __init__(
@@ -96,6 +113,8 @@ class GradientContext:
         projection: Projection | int | Mapping | None = None,
         influence: SolverConfig | Mapping | None = None,
         hessian_inputs: Any | None = None,
+        trak: TRAKConfig | Mapping | None = None,
+        ekfac: EKFACConfig | Mapping | None = None,
     ):
         if isinstance(projection, int):
             projection = Projection(dim=projection)
@@ -115,6 +134,10 @@ class GradientContext:
         self.projection = projection
         self.influence = influence if influence is not None else InfluenceConfig()
         self.hessian_inputs = hessian_inputs
+        self.trak = TRAKConfig(**trak) if isinstance(trak, Mapping) else trak or TRAKConfig()
+        self.trak_info: dict = {}
+        self.ekfac = EKFACConfig(**ekfac) if isinstance(ekfac, Mapping) else ekfac or EKFACConfig()
+        self.ekfac_info: list[dict] = []
         self.influence_info: list[SolveInfo] = []
         self._cache: dict[str, Any] = {}
         self._dots_fn = make_dots_fn(
@@ -230,11 +253,45 @@ class GradientContext:
             self._cache["influence"] = np.mean(per, axis=0).astype(np.float32)
         return self._cache["influence"]
 
+    def ensemble(self) -> list[Any]:
+        """The models TRAK averages over: ``final`` (when given), then every checkpoint,
+        the latest step first (runs in the order given)."""
+        models = [] if self.final is None else [self.final]
+        for step in sorted(self.groups, reverse=True):
+            models.extend(ck.theta for ck in self.groups[step])
+        return models
+
+    def trak_scores(self) -> np.ndarray:
+        """``float32[N, M]``: TRAK (``gradients.trak``) over :meth:`ensemble`; computed once."""
+        if "trak" not in self._cache:
+            scores, self.trak_info = trak_scores(
+                self.loss_fn, self.ensemble(), self.frozen, self.pool, self.test,
+                config=self.trak,
+            )  # fmt: skip
+            self._cache["trak"] = scores
+        return self._cache["trak"]
+
+    def ekfac_scores(self) -> np.ndarray:
+        """``float32[N, M]`` EK-FAC influence at the final model (averaged over runs);
+        computed once."""
+        if "ekfac" not in self._cache:
+            per = []
+            for theta in self._final_params():
+                scores, info = ekfac_scores(
+                    self.loss_fn, theta, self.frozen, self.pool, self.test,
+                    hessian_inputs=self.hessian_inputs, config=self.ekfac,
+                )  # fmt: skip
+                self.ekfac_info.append(info)
+                per.append(scores)
+            self._cache["ekfac"] = np.mean(per, axis=0).astype(np.float32)
+        return self._cache["ekfac"]
+
     def precompute(
         self, which: Sequence[str] = ("checkpoints", "final", "influence")
     ) -> PrecomputedGradients:
-        """The requested scores as arrays (computing what is not cached yet)."""
-        unknown = set(which) - {"checkpoints", "final", "influence"}
+        """The requested scores as arrays (computing what is not cached yet); ``which`` may
+        also name ``trak`` and ``ekfac``."""
+        unknown = set(which) - {"checkpoints", "final", "influence", "trak", "ekfac"}
         if unknown:
             raise ValueError(f"unknown score kinds {sorted(unknown)}")
         steps = rates = dots = None
@@ -246,11 +303,19 @@ class GradientContext:
             dots=dots,
             final=self.final_dots() if "final" in which else None,
             influence=self.influence_scores() if "influence" in which else None,
+            trak=self.trak_scores() if "trak" in which else None,
+            ekfac=self.ekfac_scores() if "ekfac" in which else None,
             learning_rates=self.learning_rates,
         )
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+#: The array fields of :class:`PrecomputedGradients`, as saved.
+ARRAY_FIELDS = (
+    "steps", "checkpoint_rates", "dots", "final", "influence", "learning_rates", "trak", "ekfac",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +328,8 @@ class PrecomputedGradients:
       dots: ``float32[K, N, M]`` gradient dot products at each checkpoint.
       final: ``float32[N, M]`` dot products at the final model (Grad-Dot).
       influence: ``float32[N, M]`` influence-function scores.
+      trak: ``float32[N, M]`` TRAK scores.
+      ekfac: ``float32[N, M]`` EK-FAC influence scores.
       learning_rates: ``float32[T]`` the rate of steps ``1..T`` (or ``None``).
       metadata: JSON-serialisable notes (model, selection, projection, damping).
     """
@@ -273,6 +340,8 @@ class PrecomputedGradients:
     final: np.ndarray | None = None
     influence: np.ndarray | None = None
     learning_rates: np.ndarray | None = None
+    trak: np.ndarray | None = None
+    ekfac: np.ndarray | None = None
     metadata: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -288,7 +357,7 @@ class PrecomputedGradients:
                     f"dots must be [K, N, M] with K steps and K rates, got {dots.shape}, "
                     f"{np.shape(self.steps)}, {np.shape(self.checkpoint_rates)}"
                 )
-        for name in ("final", "influence"):
+        for name in ("final", "influence", "trak", "ekfac"):
             value = getattr(self, name)
             if value is not None and np.ndim(value) != 2:
                 raise ValueError(f"{name} must be [N, M], got shape {np.shape(value)}")
@@ -314,13 +383,17 @@ class PrecomputedGradients:
     def influence_scores(self) -> np.ndarray:
         return np.asarray(self._need("influence", "influence scores"), np.float32)
 
+    def trak_scores(self) -> np.ndarray:
+        return np.asarray(self._need("trak", "TRAK scores"), np.float32)
+
+    def ekfac_scores(self) -> np.ndarray:
+        return np.asarray(self._need("ekfac", "EK-FAC scores"), np.float32)
+
     def save(self, path: str | Path) -> Path:
         """Writes ``path`` (``.npz``; metadata as a JSON string)."""
         path = Path(path)
         arrays = {
-            k: np.asarray(getattr(self, k))
-            for k in ("steps", "checkpoint_rates", "dots", "final", "influence", "learning_rates")
-            if getattr(self, k) is not None
+            k: np.asarray(getattr(self, k)) for k in ARRAY_FIELDS if getattr(self, k) is not None
         }
         arrays["metadata"] = np.asarray(json.dumps(self.metadata))
         path.parent.mkdir(parents=True, exist_ok=True)
