@@ -25,7 +25,7 @@ CORE = [
 TRAIN = [
     "flax==0.12.8",
     "optax==0.2.8",
-    "orbax-checkpoint==0.12.8",
+    "orbax-checkpoint==0.12.8",  # T5X checkpoints, the pretraining cache, older run stores
     "safetensors>=0.4",
     "tokenizers>=0.15",
     "sentencepiece>=0.2",

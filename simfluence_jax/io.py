@@ -45,7 +45,7 @@ import socket
 import subprocess
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +133,15 @@ def remove_stale(folder: str | os.PathLike, name: str | None = None) -> list[Pat
 # Atomic writes.
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Writes ``data`` (``str`` as UTF-8) to ``path`` atomically (see module docstring)."""
+def atomic_write(
+    path: str | os.PathLike, data: bytes | str, *, check: Callable[[Path], Any] | None = None
+) -> None:
+    """Writes ``data`` (``str`` as UTF-8) to ``path`` atomically (see module docstring).
+
+    ``check``, if given, is called with the temporary file once the data is on disk and
+    before it is renamed into place; if it raises, the temporary file is removed, ``path``
+    is left as it was and the error propagates (used to read a file back before it counts).
+    """
     path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -145,6 +152,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -515,6 +524,8 @@ def read_npz(
     """
     path = Path(path)
     data = _read_bytes(path, what)
+    if not data.startswith(b"PK"):  # else np.load takes it for a pickle and says so
+        raise ValueError(f"{path}: the {what} is truncated or garbled (not a zip archive)")
     try:
         with np.load(_io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

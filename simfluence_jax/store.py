@@ -13,7 +13,8 @@ Layout (``FORMAT_VERSION`` 1)::
         losses.npy          float32[T+1, M], preallocated (NaN), filled row by row
         progress.json       {"rows": k}: rows 0..k-1 of losses.npy are on disk
         state.npz           resume snapshot of the train state at some step s < T
-        checkpoints/step_000032/   orbax checkpoint {trainable, learning_rate, step}
+        checkpoints/step_000032.npz  checkpoint {trainable, learning_rate, step}
+                            (stores written before: orbax folders step_000032/, still read)
         COMPLETE            {"rows": T+1, "sha256": ...}: written last, atomically
 
 Guarantees:
@@ -26,9 +27,12 @@ Guarantees:
   checkpoint of the run is on disk and verified; so a run is complete only once its marker
   exists, and :func:`collect` never reads another run. The marker holds the SHA-256 of
   ``losses.npy`` and ``collect`` checks it.
-* **Checkpoints** are written by orbax under a temporary name, read back and compared with
-  what was saved, and only then renamed into place; a checkpoint folder found incomplete on
-  resume is redone (its run replays from a step before it), never skipped.
+* **Checkpoints** (:mod:`simfluence_jax.checkpoints`) are written under a temporary name,
+  read back and compared with what was saved, and only then renamed into place; each process
+  of a multi-process job writes the checkpoints of its own runs. A checkpoint found damaged on
+  resume is redone (its run replays from a step before it), never skipped. Orbax checkpoint
+  folders kept by stores of earlier versions are read as well; one that does not hold the
+  tree a replay reproduces is replaced by a ``.npz`` file.
 * **One writer.** Every process that writes a store holds its ``LOCK`` (``fcntl.flock``,
   with its pid and host written in it): one process alone holds it exclusively; the
   processes of one multi-process job (``process_count > 1``) share it, and each also holds
@@ -46,13 +50,13 @@ Guarantees:
 * **Validation.** Every file is checked where it is read; a damaged one is a ``ValueError``
   naming the file and the problem. ``open_store`` refuses a store of another format
   version, naming both (and saying so when a newer version wrote it).
-* **Write errors** (a full disk, missing permissions; from our code or from orbax) raise
+* **Write errors** (a full disk, missing permissions) raise
   :class:`StoreWriteError` naming the path and the free space; runs already complete are
   never opened for writing again, so they stay intact, and the run that failed resumes
   later.
 
-Checkpoints for TracIn-CP (Pruthi et al., 2020) are orbax checkpoints of the trainable
-parameters at chosen steps, each with the learning rate of the update taken from it.
+Checkpoints for TracIn-CP (Pruthi et al., 2020) hold the trainable parameters at chosen
+steps, each with the learning rate of the update taken from it.
 """
 
 from __future__ import annotations
@@ -150,7 +154,17 @@ _PLAN_SPECS = {
     "train_ids": sio.ArraySpec("iuU", ("N",)),
     "test_ids": sio.ArraySpec("iuU", ("M",)),
 }
-_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+#: A checkpoint's name: ``step_NNNNNN.npz``, or ``step_NNNNNN`` (an orbax folder of an
+#: earlier version; a file of that name is listed too and reported as an unknown format).
+_CHECKPOINT_NAME = re.compile(r"^step_(\d{6,})(\.npz)?$")
+
+
+def _checkpoint_path(run_dir: Path, step: int) -> Path:
+    """The checkpoint of ``step`` in a run directory: the ``.npz`` file, else an older
+    orbax folder, else (neither exists) the ``.npz`` file a save would write."""
+    new = run_dir / "checkpoints" / f"step_{step:06d}{ckpt.SUFFIX}"
+    old = new.with_suffix("")
+    return old if not new.exists() and old.exists() else new
 
 
 class RunStore:
@@ -187,6 +201,12 @@ class RunStore:
         if not 0 <= run < self.num_runs:
             raise ValueError(f"run index {run} out of range for a store of {self.num_runs} runs")
         return self.path / "runs" / f"run_{run:06d}"
+
+    def checkpoint_path(self, run: int, step: int) -> Path:
+        """Where run ``run`` keeps its checkpoint of ``step`` (``checkpoints/step_NNNNNN.npz``,
+        or the orbax folder ``checkpoints/step_NNNNNN`` of an earlier version if only that
+        exists); it need not exist."""
+        return _checkpoint_path(self.run_dir(run), step)
 
     def is_complete(self, run: int) -> bool:
         return (self.run_dir(run) / "COMPLETE").exists()
@@ -618,19 +638,22 @@ class RunWriter:
             )
         return step, jax.tree_util.tree_unflatten(treedef, stored)
 
-    def checkpoint_dir(self, step: int) -> Path:
-        return self.dir / "checkpoints" / f"step_{step:06d}"
+    def checkpoint_path(self, step: int) -> Path:
+        """See :meth:`RunStore.checkpoint_path`."""
+        return _checkpoint_path(self.dir, step)
 
     def save_checkpoint(self, step: int, trainable, learning_rate: float) -> None:
-        """An orbax checkpoint of the trainable parameters after ``step`` updates, with the
-        learning rate of the next update (the rate TracIn-CP weighs this checkpoint by).
+        """A checkpoint (``checkpoints/step_NNNNNN.npz``) of the trainable parameters after
+        ``step`` updates, with the learning rate of the next update (the rate TracIn-CP
+        weighs this checkpoint by).
 
         It is written under a temporary name, read back and compared with ``trainable``,
-        then renamed into place (:func:`simfluence_jax.checkpoints.save`). A folder already
-        there is kept if it holds this checkpoint (written before a crash; the replay
-        reproduces it bit for bit) and redone if not.
+        then renamed into place (:func:`simfluence_jax.checkpoints.save`). A checkpoint
+        already there (this format or an earlier version's orbax folder) is kept if it holds
+        this tree (written before a crash; the replay reproduces it bit for bit) and
+        replaced if not.
         """
-        target = self.checkpoint_dir(step)
+        target = self.checkpoint_path(step)
         tree = {
             "trainable": jax.device_get(trainable),
             "learning_rate": np.asarray(learning_rate, np.float32),
@@ -638,10 +661,11 @@ class RunWriter:
         }
         if target.exists() and ckpt.problem(target, expected=tree) is None:
             return
-        with self._guard(f"the checkpoint of step {step}", target):
-            if target.exists():
+        new = target.with_name(f"step_{step:06d}{ckpt.SUFFIX}")
+        with self._guard(f"the checkpoint of step {step}", new):
+            if target != new:  # an older orbax folder, or an entry in an unknown format
                 ckpt.discard(target)
-            ckpt.save(target, tree)
+            ckpt.save(new, tree)
 
     def finish(self, *, checkpoint_steps: Sequence[int] = ()) -> None:
         """Marks the run complete and drops the snapshot, after checking that every row is
@@ -657,12 +681,10 @@ class RunWriter:
                 f"{bad[1]}: training diverged (lower the learning rate)"
             )
         for step in checkpoint_steps:
-            problem = ckpt.problem(self.checkpoint_dir(step))
+            path = self.checkpoint_path(step)
+            problem = ckpt.problem(path)
             if problem is not None:
-                raise ValueError(
-                    f"run {self.run} is not complete: checkpoint {self.checkpoint_dir(step)} "
-                    f"{problem}"
-                )
+                raise ValueError(f"run {self.run} is not complete: checkpoint {path} {problem}")
         with self._guard("the completion marker", self.dir / "COMPLETE"):
             sio.atomic_json(
                 self.dir / "COMPLETE",
@@ -676,31 +698,32 @@ class RunWriter:
 _CHECKPOINT_KEYS = {"trainable", "learning_rate", "step"}
 
 
-def checkpoint_problem(folder: Path, step: int | None = None) -> str | None:
-    """What is wrong with a run's checkpoint folder, or ``None``: with ``step``, it is read
-    back and must hold that step; else only its files are checked."""
+def checkpoint_problem(path: Path, step: int | None = None) -> str | None:
+    """What is wrong with a run's checkpoint (a ``.npz`` file or an older orbax folder), or
+    ``None``: with ``step``, it is read back and must hold that step; else only its files
+    are checked."""
     if step is None:
-        return ckpt.problem(folder)
+        return ckpt.problem(path)
 
     def same_step(tree):
         held = int(np.asarray(tree["step"]))
         return None if held == step else f"holds step {held}, not {step}"
 
-    return ckpt.problem(folder, keys=_CHECKPOINT_KEYS, check=same_step)
+    return ckpt.problem(path, keys=_CHECKPOINT_KEYS, check=same_step)
 
 
 def checkpoint_steps(store: RunStore | str | Path, run: int) -> list[int]:
-    """Steps at which run ``run`` kept a checkpoint (folders under a temporary name, left by
-    a killed save, are not counted)."""
+    """Steps at which run ``run`` kept a checkpoint: ``.npz`` files and the orbax folders of
+    earlier versions (temporaries left by a killed save are not counted)."""
     store = store if isinstance(store, RunStore) else open_store(store)
     folder = store.run_dir(run) / "checkpoints"
     if not folder.exists():
         return []
-    steps = []
+    steps = set()
     for p in folder.iterdir():
-        match = _STEP_DIR.match(p.name)
-        if match and p.is_dir():
-            steps.append(int(match.group(1)))
+        match = _CHECKPOINT_NAME.match(p.name)
+        if match:
+            steps.add(int(match.group(1)))
     return sorted(steps)
 
 
@@ -710,12 +733,14 @@ def load_checkpoint(store: RunStore | str | Path, run: int, step: int) -> dict:
     ``trainable`` is the method's trainable pytree; combine it with the base parameters via
     the training method (e.g. ``method.reference_loss(model, params, trainable, batch)``).
 
+    Both the ``.npz`` checkpoints and the orbax folders of earlier versions are read.
+
     Raises:
-      ValueError: if there is no such checkpoint, or naming the folder if it is incomplete
-        or damaged.
+      ValueError: if there is no such checkpoint, or naming the file or folder if it is
+        incomplete, damaged or in an unknown format.
     """
     store = store if isinstance(store, RunStore) else open_store(store)
-    target = store.run_dir(run) / "checkpoints" / f"step_{step:06d}"
+    target = store.checkpoint_path(run, step)
     if not target.exists():
         have = checkpoint_steps(store, run)
         raise ValueError(f"run {run} kept no checkpoint at step {step}; it has steps {have}")

@@ -152,10 +152,10 @@ def test_simulated_full_disk_is_a_clear_error_and_keeps_completed_runs(
     store = new_store(tmp_path / "s", factory, plan)
     real = sio.atomic_write
 
-    def full_disk(path, data):
+    def full_disk(path, data, **kwargs):
         if "run_000002" in str(path) and path.name == "progress.json" and b'"rows": 5' in data:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, data)
+        return real(path, data, **kwargs)
 
     monkeypatch.setattr(sio, "atomic_write", full_disk)
     with pytest.raises(StoreWriteError, match=r"loss rows of run 2 .*No space left on device"):

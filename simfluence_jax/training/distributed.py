@@ -8,7 +8,7 @@ model, parameters, method, optimizer and data, hence the same fingerprint), then
 2. process 0 creates the store and writes the plan; a barrier; the others open it;
 3. each process makes the run groups ``i, i + P, i + 2P, ...`` (groups as in
    :func:`~simfluence_jax.training.loop.plan_groups`) and writes them into its own run
-   directories, with process-local orbax checkpoints;
+   directories, with process-local checkpoints (``.npz`` files each process writes itself);
 4. a barrier; process 0 merges the complete runs into a ``RunSet``.
 
 A run's losses depend only on its curriculum, its seed and its group's compiled program,

@@ -6,8 +6,8 @@ through its public group interface (``plan_groups``, ``fill_slots``, ``init_stat
 ``stack_states``, ``initial_losses``, ``segments``). Each chunk's losses reach the disk
 before the next chunk runs; every ``snapshot_every`` steps the train state is saved so an
 interrupted run resumes from there, and at ``checkpoint_steps`` the trainable parameters
-are kept (orbax) for TracIn-CP. A resumed run replays the same compiled program, so its
-record is bit-identical to an uninterrupted one.
+are kept (``checkpoints/step_NNNNNN.npz``) for TracIn-CP. A resumed run replays the same
+compiled program, so its record is bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def produce_runs(
     The process holds the store's writer lock throughout (exclusively, or shared with the
     other processes of a job when ``process_count > 1``) and the locks of the runs it
     writes, so a second writer stops at once (``StoreBusyError`` naming this process) or
-    waits. A complete run whose checkpoint folder is incomplete is redone (its losses come
+    waits. A complete run whose checkpoint is incomplete is redone (its losses come
     out bit-identical); so is an incomplete run whose partial files are damaged.
 
     Args:
@@ -67,8 +67,8 @@ def produce_runs(
       group_size: runs vmapped together (groups are fixed by this number).
       snapshot_every: save a resume snapshot of the train state every this many steps
         (rounded to chunk ends); ``None`` means a resumed run replays from step 0.
-      checkpoint_steps: steps (0..T) after which to keep an orbax checkpoint of the
-        trainable parameters and the learning rate, for TracIn-CP.
+      checkpoint_steps: steps (0..T) after which to keep a checkpoint of the trainable
+        parameters and the learning rate, for TracIn-CP.
       config_text: the operative configuration text, stored with every run.
       run_metadata: extra JSON-serialisable metadata stored with every run.
       process_index, process_count: this process takes groups
@@ -136,14 +136,14 @@ def produce_runs(
 
 
 def _broken_checkpoints(store: RunStore, run: int, ckpt_steps) -> list[str]:
-    """Checkpoint folders of ``run`` that exist but are incomplete (cheap: files only)."""
+    """Checkpoints of ``run`` that exist but are incomplete (cheap: files only)."""
     out = []
     for step in sorted(ckpt_steps):
-        folder = store.run_dir(run) / "checkpoints" / f"step_{step:06d}"
-        if folder.exists():
-            problem = checkpoint_problem(folder)
+        path = store.checkpoint_path(run, step)
+        if path.exists():
+            problem = checkpoint_problem(path)
             if problem is not None:
-                out.append(f"{folder} {problem}")
+                out.append(f"{path} {problem}")
     return out
 
 
@@ -263,6 +263,6 @@ def _resume_step(writers: dict, states, rows_done: dict, ckpt_steps=frozenset())
         return 0
     for w in writers.values():
         for s in sorted(c for c in ckpt_steps if c <= step):
-            if checkpoint_problem(w.checkpoint_dir(s), s) is not None:
+            if checkpoint_problem(w.checkpoint_path(s), s) is not None:
                 return 0
     return step
