@@ -232,7 +232,8 @@ def teacher_forced(sim: Simulator, runs) -> np.ndarray:
 
 
 def check_ids(sim: Simulator, batches) -> None:
-    """Raises for ids out of range; warns for ids the simulator never saw in its fit."""
+    """Raises for ids out of range and curricula outside the simulator's domain
+    (``Simulator.check_curricula``); warns for ids the simulator never saw in its fit."""
     b = np.asarray(batches)
     if b.size == 0:
         raise ValueError("the curriculum is empty")
@@ -240,6 +241,7 @@ def check_ids(sim: Simulator, batches) -> None:
         raise ValueError(f"batches must hold integer ids, got dtype {b.dtype}")
     if b.min() < -1:
         raise ValueError(f"batches contain id {b.min()}; only -1 may pad")
+    sim.check_curricula(b)
     seen = sim.seen_ids()
     if seen is None:
         return

@@ -118,6 +118,14 @@ class Simulator(abc.ABC):
         """``bool[N]`` ids that had data in the fit, or ``None`` if every id is valid."""
         return None
 
+    def check_curricula(self, batches) -> None:
+        """Raises ``ValueError`` for curricula ``[..., T, B]`` outside the simulator's domain.
+
+        Default: none (every curriculum of known ids). The metagradient simulator predicts
+        only slot removals of its own run. Called by ``rollout.check_ids``, so every checked
+        entry point (``simulate``, ``evaluate``, the attribution API) asks it."""
+        del batches
+
     def restrict(self, tests) -> Simulator:
         """The simulator on a subset of its test examples (``int[M']`` indices)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be restricted to test examples")
