@@ -214,3 +214,32 @@ def test_simulator_predicts_slot_removals_to_first_order_and_only_those(tmp_path
     mg = replay.metagradients(batches, seed, horizon=2)
     with pytest.raises(ValueError, match="single steps"):
         metagradient_simulator(mg, runs.losses[0])
+
+
+def test_removal_effects_through_the_attribution_api_equal_the_direct_ones():
+    import simfluence_jax as sj
+
+    f = factory("sgd", "full")
+    replay = Replay(f)
+    L0 = f.run(CURRICULUM[None], [SEED])[0]
+    mg = replay.metagradients(CURRICULUM, SEED, horizon=2)
+    direct = mg.effects()
+    sim = replay.simulator(CURRICULUM, SEED, steps=[T - 1, T])
+    via_api = sj.removal_effects(sim, CURRICULUM, L0[0], horizon=2)
+    np.testing.assert_array_equal(via_api.ids, direct.ids)
+    np.testing.assert_allclose(via_api.delta, direct.delta, atol=1e-6)
+    np.testing.assert_allclose(direct.baseline, L0[-2:].mean(0), atol=1e-6)
+    # First order against retraining without each id (its slots weigh 0, i.e. are padding;
+    # the factory itself refuses the emptied last step of id 5).
+    achieved = np.stack([
+        replay.losses(CURRICULUM, SEED, weights=(CURRICULUM != i).astype(np.float32))[-2:].mean(0)
+        for i in direct.ids
+    ]) - L0[-2:].mean(0)  # fmt: skip
+    r = np.corrcoef(achieved.ravel(), direct.delta.ravel())[0, 1]
+    assert r > 0.9, r
+    with pytest.raises(ValueError, match="do not occur"):
+        mg.effects([N + 3])
+    with pytest.raises(ValueError, match="horizon"):
+        replay.metagradients(CURRICULUM, SEED, steps=[1, 2]).effects()
+    with pytest.raises(ValueError, match="own run only"):
+        sj.removal_effects(sim, CURRICULUM[::-1], L0[0], horizon=2)

@@ -215,6 +215,46 @@ class Metagradients:
         )
         return out
 
+    def effects(self, candidates=None):
+        """The first-order removal effects of training ids, as ``attribution.Effects``.
+
+        Removing id ``i`` sets the weights of all its slots to 0 (they become padding), so
+        ``delta[k, j] = y_j(w without ids[k]) - y_j(1) ~ -by_id[j, 0, ids[k]]``: ``> 0``
+        means removing it raises the loss (it helps), as in ``attribution.removal_effects``.
+        Needs a single readout that is the mean of the last ``horizon`` steps (the default
+        of ``Replay.metagradients``).
+
+        Args:
+          candidates: ``int[K]`` training ids (default: every distinct id of the run);
+            each must occur in the run's curriculum.
+        """
+        from simfluence_jax.attribution import Effects
+
+        r = np.asarray(self.readout)
+        T = r.shape[1]
+        horizon = int(np.count_nonzero(r[0])) if r.shape[0] == 1 else 0
+        if not horizon or not np.allclose(r, horizon_readout(T, horizon)):
+            raise ValueError(
+                "removal effects need the metagradients of one readout, the mean of the last "
+                "horizon steps (metagradients(..., horizon=h)); got readouts of shape "
+                f"{list(r.shape)}"
+            )
+        present = np.unique(self.batches[self.batches >= 0])
+        if candidates is None:
+            ids = present
+        else:
+            ids = np.asarray(candidates).reshape(-1)
+            if ids.size == 0 or ids.dtype.kind not in "iu":
+                raise ValueError("candidates must be a non-empty list of training ids")
+            missing = np.setdiff1d(ids, present)
+            if missing.size:
+                raise ValueError(f"candidates {missing[:10].tolist()} do not occur in the run")
+        delta = -self.by_id[:, 0, ids].T.astype(np.float32)
+        return Effects(
+            ids=ids.astype(np.int32), delta=delta, baseline=self.values[0].astype(np.float32),
+            horizon=horizon, repack=False, batch_loss="mean",
+        )  # fmt: skip
+
 
 def horizon_readout(num_steps: int, horizon: int = 1) -> np.ndarray:
     """``float32[1, T]``: the mean of the losses after the last ``horizon`` steps."""

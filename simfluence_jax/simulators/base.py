@@ -58,6 +58,10 @@ class Simulator(abc.ABC):
     """Abstract simulator; see the module docstring for the contract."""
 
     name: str
+    #: Whether ``step`` is called on a step whose weights are all 0 (every example removed).
+    #: By default such a step is no update (state and loss carry over); the metagradient
+    #: simulator predicts each step from the whole edit and needs every step.
+    steps_when_empty = False
 
     @abc.abstractmethod
     def per_test(self) -> PyTree:

@@ -54,6 +54,7 @@ class MetagradientSimulator(Simulator):
     step_index: jax.Array
     seed: int = static_field(0)
     name: str = static_field("metagradient")
+    steps_when_empty = True  # a step emptied by the edit is still a step of the run
 
     def per_test(self):
         # The step reads arrays only through ``p``: the run's curriculum and step index go
