@@ -33,7 +33,7 @@ CURRICULUM = np.array([[0, 1], [2, 3], [4, 0], [5, -1]], np.int32)
 
 OPTIMIZERS = {
     "sgd": ("sgd", {"learning_rate": 0.5}),
-    "momentum": ("sgd", {"learning_rate": 0.3, "momentum": 0.9}),
+    "momentum": ("sgd", {"learning_rate": 0.1, "momentum": 0.9}),
     "adamw": (
         "adamw",
         {
@@ -57,18 +57,24 @@ _FACTORIES = {}
 
 
 def factory(opt="sgd", method="full"):
-    """A toy factory with dropout (so the step keys matter), one per setting."""
+    """A toy factory with dropout (so the step keys matter), one per setting, always built in
+    float32 (a float64 replay casts its own copy)."""
     if (opt, method) not in _FACTORIES:
-        model = ToyClassifier(vocab_size=16, dim=4, n_layers=2, seq_len=4, dropout=0.2)
-        params = model.init(jax.random.PRNGKey(0))
-        pool, test = random_task(model, num_train=N, num_test=M, seed=3)
-        name, kwargs = OPTIMIZERS[opt]
-        m_name, m_kwargs = METHODS[method]
-        _FACTORIES[opt, method] = RunFactory(
-            model, params, method=make_method(m_name, **m_kwargs),
-            optimizer=make_optimizer(name, **kwargs), pool=pool, test=test,
-        )  # fmt: skip
+        with jax.enable_x64(False):
+            _FACTORIES[opt, method] = _make_factory(opt, method)
     return _FACTORIES[opt, method]
+
+
+def _make_factory(opt, method):
+    model = ToyClassifier(vocab_size=16, dim=4, n_layers=2, seq_len=4, dropout=0.2)
+    params = model.init(jax.random.PRNGKey(0))
+    pool, test = random_task(model, num_train=N, num_test=M, seed=3)
+    name, kwargs = OPTIMIZERS[opt]
+    m_name, m_kwargs = METHODS[method]
+    return RunFactory(
+        model, params, method=make_method(m_name, **m_kwargs),
+        optimizer=make_optimizer(name, **kwargs), pool=pool, test=test,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("opt,method", [("adamw", "full"), ("adafactor", "lora")])

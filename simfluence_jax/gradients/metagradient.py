@@ -554,6 +554,7 @@ class Replay:
         remat_chunk: int | None = 8,
         test_batch_size: int | None = None,
         weights=None,
+        _lower: bool = False,
     ) -> Metagradients:
         """Reverse mode: the derivative of readouts of every test example's trajectory with
         respect to every slot weight.
@@ -606,10 +607,11 @@ class Replay:
         size = len(tests) if test_batch_size is None else test_batch_size
         size = min(_check_int("test_batch_size", size, 1), len(tests))
         padded = np.concatenate([tests, np.full(-len(tests) % size, tests[0])]).astype(np.int32)
-        values, grads = self._reverse(
-            w, _seed(seed), b, jnp.asarray(r, w.dtype), jnp.asarray(padded), self.data,
-            remat_chunk=remat_chunk, test_batch_size=size,
-        )  # fmt: skip
+        args = (w, _seed(seed), b, jnp.asarray(r, w.dtype), jnp.asarray(padded), self.data)
+        static = dict(remat_chunk=remat_chunk, test_batch_size=size)
+        if _lower:
+            return self._reverse.lower(*args, **static), args
+        values, grads = self._reverse(*args, **static)
         m = len(tests)
         grads = _finite(np.asarray(grads)[:m], "reverse-mode metagradient")
         return Metagradients(
@@ -621,6 +623,12 @@ class Replay:
             num_train=self.num_train,
             test_index=tests.astype(np.int32),
         )
+
+    def lower_metagradients(self, batches, seed: int, **kwargs):
+        """``(jax.stages.Lowered, args)`` of the compiled program ``metagradients(batches,
+        seed, **kwargs)`` runs (same checks), for cost and memory analysis: ``lowered.compile()
+        (*args)`` returns ``(values, slot gradients)`` of the padded test examples."""
+        return self.metagradients(batches, seed, _lower=True, **kwargs)
 
 
 def metagradient_simulator(mg: Metagradients, losses) -> MetagradientSimulator:
