@@ -60,7 +60,8 @@ def _rollout_one(sim: Simulator, p, ids, w, s, L0) -> jax.Array:
       sim: the simulator's skeleton (its rule; ``p`` carries the parameters).
       p: one test example's parameters.
       ids: ``int32[T, K]`` training ids of every step (padding clipped to 0).
-      w: ``float32[T, K]`` their weights (0 = padding; an all-zero step is no update).
+      w: ``float32[T, K]`` their weights (0 = padding; an all-zero step is no update, unless
+        the simulator's ``steps_when_empty``).
       s: ``float32[T]`` learning-rate scales.
       L0: scalar starting loss.
 
@@ -74,7 +75,7 @@ def _rollout_one(sim: Simulator, p, ids, w, s, L0) -> jax.Array:
         state, L = carry
         ids_t, w_t, t, s_t = xs
         new_state, L_new = sim.step(p, state, ids_t, w_t, t, s_t, L)
-        empty = jnp.all(w_t == 0)
+        empty = jnp.all(w_t == 0) & (not sim.steps_when_empty)
         # The state keeps its initial dtypes (float64 parameters must not change the carry).
         state = jax.tree_util.tree_map(
             lambda old, new: jnp.where(empty, old, new).astype(old.dtype), state, new_state
@@ -203,7 +204,7 @@ def affine_coefficients(sim: Simulator, batches, *, learning_rates=None):
         def step(state, xs):
             ids_t, w_t, t, s_t = xs
             new, alpha, beta = skeleton.affine_step(p, state, ids_t, w_t, t, s_t)
-            empty = jnp.all(w_t == 0)
+            empty = jnp.all(w_t == 0) & (not sim.steps_when_empty)
             state = jax.tree_util.tree_map(partial(jnp.where, empty), state, new)
             return state, (jnp.where(empty, 1.0, alpha), jnp.where(empty, 0.0, beta))
 
@@ -232,7 +233,8 @@ def teacher_forced(sim: Simulator, runs) -> np.ndarray:
 
 
 def check_ids(sim: Simulator, batches) -> None:
-    """Raises for ids out of range; warns for ids the simulator never saw in its fit."""
+    """Raises for ids out of range and curricula outside the simulator's domain
+    (``Simulator.check_curricula``); warns for ids the simulator never saw in its fit."""
     b = np.asarray(batches)
     if b.size == 0:
         raise ValueError("the curriculum is empty")
@@ -240,6 +242,7 @@ def check_ids(sim: Simulator, batches) -> None:
         raise ValueError(f"batches must hold integer ids, got dtype {b.dtype}")
     if b.min() < -1:
         raise ValueError(f"batches contain id {b.min()}; only -1 may pad")
+    sim.check_curricula(b)
     seen = sim.seen_ids()
     if seen is None:
         return

@@ -22,7 +22,10 @@ Modules:
   corrected in its eigenbasis);
 * ``context``: ``GradientContext`` (computes and caches scores) and
   ``PrecomputedGradients`` (the scores as arrays);
-* ``baselines``: the scores as additive simulators, raw and calibrated.
+* ``baselines``: the scores as additive simulators, raw and calibrated;
+* ``metagradient``: exact derivatives of test losses with respect to a weight on every
+  training example of one logged run, through the whole run (``Replay``: reverse mode with
+  rematerialisation, forward mode along one edit direction).
 
 ``simfluence_jax.SIMULATORS`` lists the simulators ``tracin_cp``, ``tracin_cp_summed``,
 ``grad_dot``, ``influence``, ``trak``, ``ekfac`` and their ``*_calibrated`` twins (this package is
@@ -62,6 +65,13 @@ from simfluence_jax.gradients.ihvp import (
 )
 from simfluence_jax.gradients.ihvp.lanczos import lanczos
 from simfluence_jax.gradients.influence import InfluenceConfig, influence_scores, inverse_hvp
+from simfluence_jax.gradients.metagradient import (
+    Metagradients,
+    Replay,
+    differentiable_optimizer,
+    horizon_readout,
+    steps_readout,
+)
 from simfluence_jax.gradients.per_example import (
     Projection,
     dots_with,
@@ -93,8 +103,10 @@ __all__ = [
     "InfluenceConfig",
     "LanczosConfig",
     "LissaConfig",
+    "Metagradients",
     "PrecomputedGradients",
     "Projection",
+    "Replay",
     "SolveInfo",
     "SolverConfig",
     "TRAKConfig",
@@ -102,6 +114,7 @@ __all__ = [
     "calibrate",
     "calibration_scale",
     "checkpoint_dots",
+    "differentiable_optimizer",
     "dots_with",
     "ekfac_factors",
     "ekfac_scores",
@@ -109,6 +122,7 @@ __all__ = [
     "gradient_dots",
     "gradient_simulator_names",
     "influence_scores",
+    "horizon_readout",
     "inverse_hvp",
     "lanczos",
     "lissa_stochastic",
@@ -126,6 +140,7 @@ __all__ = [
     "solve_exact",
     "solve_lissa",
     "solve_lowrank",
+    "steps_readout",
     "top_eigenvalue",
     "tracin_cp",
     "trak_scores",

@@ -1,6 +1,6 @@
 """Simulators: the stateful step interface, the index-based Simfluence-Linear family with the
 optimizer kernel, the controls, the gradient baselines' additive form and the featurized
-simulator.
+simulator, and the metagradient simulator (first-order edits of one logged run).
 
 Fitting lives in ``simfluence_jax.fitting``; the registry of fitters is ``SIMULATORS``.
 """
@@ -8,6 +8,7 @@ Fitting lives in ``simfluence_jax.fitting``; the registry of fitters is ``SIMULA
 from simfluence_jax.simulators.base import AffineSimulator, Simulator
 from simfluence_jax.simulators.featurized import FeaturizedSimulator
 from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
+from simfluence_jax.simulators.metagradient import MetagradientSimulator
 from simfluence_jax.simulators.segmented import SegmentedSimulator
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "FeaturizedSimulator",
     "LinearSimulator",
     "MeanSimulator",
+    "MetagradientSimulator",
     "SegmentedSimulator",
     "Simulator",
 ]

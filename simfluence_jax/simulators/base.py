@@ -58,6 +58,10 @@ class Simulator(abc.ABC):
     """Abstract simulator; see the module docstring for the contract."""
 
     name: str
+    #: Whether ``step`` is called on a step whose weights are all 0 (every example removed).
+    #: By default such a step is no update (state and loss carry over); the metagradient
+    #: simulator predicts each step from the whole edit and needs every step.
+    steps_when_empty = False
 
     @abc.abstractmethod
     def per_test(self) -> PyTree:
@@ -117,6 +121,14 @@ class Simulator(abc.ABC):
     def seen_ids(self) -> jax.Array | None:
         """``bool[N]`` ids that had data in the fit, or ``None`` if every id is valid."""
         return None
+
+    def check_curricula(self, batches) -> None:
+        """Raises ``ValueError`` for curricula ``[..., T, B]`` outside the simulator's domain.
+
+        Default: none (every curriculum of known ids). The metagradient simulator predicts
+        only slot removals of its own run. Called by ``rollout.check_ids``, so every checked
+        entry point (``simulate``, ``evaluate``, the attribution API) asks it."""
+        del batches
 
     def restrict(self, tests) -> Simulator:
         """The simulator on a subset of its test examples (``int[M']`` indices)."""

@@ -25,6 +25,7 @@ from simfluence_jax import io as sio
 from simfluence_jax.registry import Registry
 from simfluence_jax.simulators.featurized import FeaturizedSimulator
 from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
+from simfluence_jax.simulators.metagradient import MetagradientSimulator
 from simfluence_jax.simulators.segmented import SegmentedSimulator
 
 FORMAT_NAME = "simfluence_jax.Simulator"
@@ -35,6 +36,7 @@ SIMULATOR_CLASSES.register("LinearSimulator")(LinearSimulator)
 SIMULATOR_CLASSES.register("MeanSimulator")(MeanSimulator)
 SIMULATOR_CLASSES.register("SegmentedSimulator")(SegmentedSimulator)
 SIMULATOR_CLASSES.register("FeaturizedSimulator")(FeaturizedSimulator)
+SIMULATOR_CLASSES.register("MetagradientSimulator")(MetagradientSimulator)
 
 _F = "f"
 #: ``(dtype kinds, shape)`` of the parameter arrays of each class, in named sizes shared
@@ -49,6 +51,12 @@ ARRAY_SHAPES: dict[str, dict[str, tuple]] = {
         "segment": ("iu", ("T",)),
         "seen": ("b", ("N",)),
         "scale": (_F, None),
+    },
+    "MetagradientSimulator": {
+        "reference": (_F, ("M", "T1")),
+        "J": (_F, ("M", "K", "T", "B")),
+        "batches": ("iu", ("T", "B")),
+        "step_index": ("iu", ("T",)),
     },
     "FeaturizedSimulator": {
         "train_features": (_F, ("N", "Dx")),

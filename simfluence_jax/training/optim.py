@@ -113,7 +113,8 @@ OPTIMIZERS.register("adamw")(optax.adamw)
 OPTIMIZERS.register("adafactor")(optax.adafactor)
 OPTIMIZERS.register("lion")(optax.lion)
 
-_SCHEDULE_KEYS = ("total_steps", "warmup_steps", "end_value")
+#: The ``make_optimizer`` keyword arguments that go to the schedule, not the optax constructor.
+SCHEDULE_KEYS = ("total_steps", "warmup_steps", "end_value")
 
 
 def make_optimizer(
@@ -137,7 +138,7 @@ def make_optimizer(
     """
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be positive, got {learning_rate}")
-    sched_kwargs = {k: kwargs.pop(k) for k in _SCHEDULE_KEYS if k in kwargs}
+    sched_kwargs = {k: kwargs.pop(k) for k in SCHEDULE_KEYS if k in kwargs}
     sched = SCHEDULES.get(schedule)(learning_rate=learning_rate, **sched_kwargs)
     tx = OPTIMIZERS.get(name)(learning_rate=sched, **kwargs)
     if grad_clip_norm is not None:

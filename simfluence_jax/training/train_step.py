@@ -98,19 +98,49 @@ def make_eval_losses(
     return eval_losses
 
 
+def batch_weights(batch_ids: jax.Array, example_weights: jax.Array | None = None):
+    """``(weights float[B], denominator float[])`` of the batch loss ``sum_b weights_b l_b /
+    denominator``.
+
+    Without ``example_weights`` this is the run factory's mean over the real examples:
+    ``weights = 1[id >= 0]``, ``denominator = max(1, sum_b weights_b)``. With per-slot weights
+    ``w float[B]`` (the metagradient's, :mod:`simfluence_jax.gradients.metagradient`),
+    ``weights = w * 1[id >= 0]`` and ``denominator = max(1, sum_b weights_b)``, so ``w = 1``
+    is the plain step and ``w_b = 0`` is the step with slot ``b`` turned into padding (the
+    definition of a removal). A batch with a single real example keeps ``denominator = 1``
+    for every ``w``: it equals the plain step at ``w_b`` in {0, 1} and is differentiable at
+    ``w_b = 1``, where ``max(1, w_b)`` has a kink (the derivative is the removal side's).
+    """
+    real = (batch_ids >= 0).astype(jnp.float32)
+    if example_weights is None:
+        return real, jnp.maximum(real.sum(), 1.0)
+    weights = example_weights * real
+    several = real.sum() >= 2.0
+    return weights, jnp.where(several, jnp.maximum(weights.sum(), 1.0), 1.0)
+
+
 def make_update(model, *, method, optimizer: Optimizer, train_rng: bool = True):
     """Builds the plain update ``update(state, batch_ids int32[B], data) -> state`` (no test
-    evaluation): the first half of :func:`make_train_step`, also used by the benchmark."""
+    evaluation): the first half of :func:`make_train_step`, also used by the benchmark.
 
-    def update(state: TrainState, batch_ids: jax.Array, data: MethodData) -> TrainState:
+    ``update(state, batch_ids, data, example_weights)`` with ``example_weights float[B]``
+    weighs each slot's loss (see :func:`batch_weights`); ``None`` (the default) is the run
+    factory's step."""
+
+    def update(
+        state: TrainState,
+        batch_ids: jax.Array,
+        data: MethodData,
+        example_weights: jax.Array | None = None,
+    ) -> TrainState:
         step = state.step + 1
-        weights = (batch_ids >= 0).astype(jnp.float32)
+        weights, denominator = batch_weights(batch_ids, example_weights)
         inputs = gather(data.pool, batch_ids)
         rng = jax.random.fold_in(state.key, step) if train_rng else None
 
         def batch_loss(trainable):
             losses = method.loss(model, trainable, data.frozen, inputs, rng=rng)
-            return jnp.sum(weights * losses) / jnp.maximum(weights.sum(), 1.0)
+            return jnp.sum(weights * losses) / denominator
 
         grads = jax.grad(batch_loss)(state.trainable)
         updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.trainable)
