@@ -16,8 +16,16 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
+    "attribution": None,
     "counterfactuals": None,
     "metrics": None,
+    "Effects": "attribution",
+    "group_effect": "attribution",
+    "load_scores": "attribution",
+    "removal_effects": "attribution",
+    "save_scores": "attribution",
+    "score_matrix": "attribution",
+    "top": "attribution",
     "evaluate": "evaluation",
     "evaluate_all": "evaluation",
     "format_table": "evaluation",

@@ -14,6 +14,7 @@ Examples::
     simfluence evaluate --runs runs/runset --simulators sims/
     simfluence simulate --simulators sims/ --name linear --runs runs/runset --run 0 \\
         --remove 3,17 --out cf.csv
+    simfluence attribute --runs runs/runset --simulators sims/ --run 30 --test 12 --top 10
     simfluence report --runs runs/runset --out report/
     simfluence import gptfluence runs/rte/seed-* --out imported/
     simfluence import long --losses losses.csv --curricula curricula.csv --out imported/
@@ -423,6 +424,77 @@ def cmd_simulate(args) -> np.ndarray:
     return traj
 
 
+def cmd_attribute(args):
+    """``simfluence attribute``: the training examples that help (or hurt) a test example
+    most under a logged curriculum, by simulated removal (``attribution.removal_effects``),
+    printed as a table; with ``--all``, the ``[N, M]`` score matrix over curricula sampled
+    like the runs, written with ``attribution.save_scores`` to ``--out``. Returns the
+    ``Effects`` or the score matrix."""
+    from simfluence_jax import attribution
+
+    sims = _load_sims(args.simulators)
+    if args.name not in sims:
+        raise ValueError(f"no simulator {args.name!r} in {args.simulators}; have {sorted(sims)}")
+    sim = sims[args.name]
+    runs = _load_runs(args.runs)
+    sim_pool = getattr(sim, "num_train", None)
+    if sim_pool is not None and sim_pool != runs.num_train:
+        raise ValueError(
+            f"the simulator {args.name!r} in {args.simulators} covers {sim_pool} training "
+            f"examples but the run set {args.runs} has a pool of {runs.num_train}"
+        )
+    if not 0 <= args.run < runs.num_runs:
+        raise ValueError(f"--run {args.run} out of range for {runs.num_runs} runs")
+    r = args.run
+    rates = None if runs.learning_rates is None else runs.learning_rates[r]
+    opts = dict(learning_rates=rates, horizon=args.horizon, repack=args.repack)
+    train_texts = runs.metadata.get("train_texts") or None
+    if args.all:
+        if not args.out:
+            raise ValueError("--all writes the score matrix: give --out PATH (no suffix)")
+        S = attribution.score_matrix(
+            sim, runs, runs.L0[r], num_curricula=args.num_curricula, seed=args.seed, **opts
+        )
+        details = {"simulator": args.name, "runs": str(args.runs), "horizon": args.horizon,
+                   "repack": args.repack, "num_curricula": args.num_curricula,
+                   "seed": args.seed}  # fmt: skip
+        paths = attribution.save_scores(
+            args.out, S, train_ids=runs.train_ids, test_ids=runs.test_ids,
+            texts=train_texts, details=details,
+        )  # fmt: skip
+        print(f"{args.name}: scores of {S.shape[0]} training x {S.shape[1]} test examples "
+              f"over {args.num_curricula} sampled curricula written to "
+              f"{' and '.join(map(str, paths))} (score > 0: removing the example raises "
+              "the test loss, i.e. it helps)")  # fmt: skip
+        return S
+    if args.test is None:
+        raise ValueError("give --test INDEX (a test example), or --all for the score matrix")
+    effects = attribution.removal_effects(sim, runs.batches[r], runs.L0[r], **opts)
+    k = min(args.top, len(effects.ids))
+    ids, delta = attribution.top(effects, args.test, k=k, direction=args.direction)
+    test_texts = runs.metadata.get("test_texts") or None
+    about = f": {test_texts[args.test]}" if test_texts else ""
+    print(f"{args.name}, run {r}, test example {runs.test_ids[args.test]}{about}")
+    print(f"the {k} most {args.direction} training examples: the simulated change of its loss "
+          f"(mean of the last {args.horizon} steps) when each is removed; > 0 means it "
+          "helps")  # fmt: skip
+    header = ["rank", "id", "effect"] + (["text"] if train_texts else [])
+    rows = [
+        [str(n + 1), str(runs.train_ids[i]), f"{d:+.5f}"]
+        + ([_shorten(train_texts[i], 70)] if train_texts else [])
+        for n, (i, d) in enumerate(zip(ids, delta))
+    ]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    for line in [header, *rows]:
+        print("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip())
+    return effects
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def cmd_import(args) -> Path:
     """``simfluence import``: reads runs logged elsewhere and saves them as a run set.
     Returns the saved folder."""
@@ -530,6 +602,32 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--reverse", action="store_true", help="reverse the step order")
     sp.add_argument("--move_to_end", help="comma-separated ids to train on last")
     sp.add_argument("--out", help="write both trajectories as CSV here")
+
+    sp = add("attribute", cmd_attribute,
+             "Rank the training examples that help or hurt a test example, by simulated "
+             "removal; or write the whole score matrix.",
+             "simfluence attribute --runs runs/runset --simulators sims/ --run 30 --test 12 "
+             "--top 10")  # fmt: skip
+    sp.add_argument("--runs", required=True, help="a saved RunSet (curricula, L_0, texts)")
+    sp.add_argument("--simulators", required=True)
+    sp.add_argument("--name", default="linear", help="which saved simulator")
+    sp.add_argument("--run", type=int, default=0,
+                    help="logged run whose curriculum to attribute (e.g. a held-out one); its "
+                    "L_0 and learning rates are used with --all too")  # fmt: skip
+    sp.add_argument("--test", type=int, help="test example index (0-based)")
+    sp.add_argument("--top", type=int, default=10, help="how many training examples to list")
+    sp.add_argument("--direction", choices=("helpful", "harmful"), default="helpful")
+    sp.add_argument("--horizon", type=int, default=1, help="average the last H steps' losses")
+    sp.add_argument("--repack", action="store_true",
+                    help="re-pack the remaining examples into full batches")  # fmt: skip
+    sp.add_argument(
+        "--all",
+        action="store_true",
+        help="the [train, test] score matrix over curricula sampled like the runs",
+    )
+    sp.add_argument("--num_curricula", type=int, default=1000, help="with --all")
+    sp.add_argument("--seed", type=int, default=0, help="with --all: sampling seed")
+    sp.add_argument("--out", help="with --all: path of the .npz and .csv (no suffix)")
 
     sp = add("import", cmd_import, "Import runs logged elsewhere into a saved run set.",
              "simfluence import gptfluence runs/rte/ --out imported/")  # fmt: skip

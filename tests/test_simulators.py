@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import simfluence_jax as sj
-from simfluence_jax import metrics
+from simfluence_jax import attribution, metrics
+from simfluence_jax import counterfactuals as cf
 from simfluence_jax.gradients import gradient_simulator_names
 from simfluence_jax.gradients.context import PrecomputedGradients
 from simfluence_jax.simulators import AffineSimulator
@@ -134,6 +135,43 @@ def test_conformance(label, problem, fitted):
     np.testing.assert_array_equal(
         np.asarray(sj.rollout(back, batches, L0, learning_rates=rates)), out
     )
+
+
+@pytest.mark.parametrize("label", sorted(CASES))
+def test_removal_effects_conformance(label, problem, fitted):
+    """Attribution works through the one rollout for every simulator: under jit, without
+    recompiling for other curricula or fitted values of the same shapes, and equal to the
+    rollout of each edited curriculum."""
+    _, fit, _, _ = problem
+    sim = fitted[label]
+    b, L0, rates = fit.batches[0], fit.L0[0], fit.learning_rates[0]  # ids the fit saw
+
+    eff = sj.removal_effects(sim, b, L0, learning_rates=rates, horizon=2, batch_loss="sum")
+    assert eff.delta.shape == (len(np.unique(b[b >= 0])), fit.num_test)
+    assert np.all(np.isfinite(eff.delta))
+    for k in (0, len(eff.ids) - 1):
+        edits = np.stack([b, cf.remove(b, [eff.ids[k]], repack=False)])
+        traj = np.asarray(sj.rollout(sim, edits, L0, learning_rates=rates))
+        want = traj[1, -2:].mean(0) - traj[0, -2:].mean(0)
+        np.testing.assert_allclose(eff.delta[k], want, rtol=1e-5, atol=1e-6)
+
+    # The pure core runs under jit and compiles once for curricula of one shape.
+    f = jax.jit(attribution.removal_deltas, static_argnames=("horizon", "repack", "batch_loss"))
+    remove = eff.ids[:, None]
+    got = f(sim, b, L0, remove, learning_rates=rates, horizon=2, batch_loss="sum")
+    np.testing.assert_allclose(np.asarray(got), eff.delta, rtol=1e-5, atol=1e-6)
+    compiled = f._cache_size()
+    refit = _fit(label, fit.select(np.arange(fit.num_runs)[::-1]), seed=1, l2=0.5)
+    other = fit.batches[1]
+    f(refit, other, L0 + 0.1, np.unique(other[other >= 0])[:, None], learning_rates=rates * 0.5,
+      horizon=2, batch_loss="sum")  # fmt: skip
+    assert f._cache_size() == compiled, f"{label} recompiled removal_deltas"
+
+    # ... and so does the checked entry, chunk by chunk.
+    sj.removal_effects(sim, b, L0, learning_rates=rates, repack=True, horizon=2)
+    compiled = attribution._edited_windows_jit._cache_size()
+    sj.removal_effects(refit, other, L0 + 0.1, learning_rates=rates * 0.5, repack=True, horizon=2)
+    assert attribution._edited_windows_jit._cache_size() == compiled, f"{label} recompiled"
 
 
 #: Fitted simulators with a generating truth in ``synthetic.make_problem``:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from simfluence_jax import counterfactuals as cf
+from simfluence_jax.attribution import removal_effects, top
 from simfluence_jax.evaluation import predict, score
 from simfluence_jax.fitting import accepted_keywords, fit_all, required_inputs, simulator_group
 from simfluence_jax.pipeline.config import CounterfactualConfig, FitConfig, RunsConfig
@@ -89,18 +90,22 @@ def fit_simulators(
                    **{k: v for k, v in given.items() if k in taken})  # fmt: skip
 
 
-def helpful_examples(sim, curriculum: np.ndarray, test_index: int, L_ref: float, k: int):
-    """The ``k`` training ids of ``curriculum`` whose per-step effect on test example
-    ``test_index`` at loss ``L_ref`` is most negative: ``A_i * L_ref + B_i`` for the
-    Simfluence-Linear family (ids the simulator never saw are never picked)."""
-    ids = np.unique(cf.flatten(curriculum))
-    A = np.asarray(sim.A)[test_index]
-    B = np.asarray(sim.B)[test_index]
-    effect = A[ids] * L_ref + B[ids]
-    seen = sim.seen_ids()
-    if seen is not None:
-        effect = np.where(np.asarray(seen)[ids], effect, np.inf)
-    return ids[np.argsort(effect, kind="stable")[:k]]
+def helpful_examples(
+    sim,
+    curriculum: np.ndarray,
+    test_index: int,
+    L0,
+    k: int,
+    *,
+    learning_rates=None,
+    horizon: int = 1,
+):
+    """The ``k`` training ids of ``curriculum`` whose removal alone raises the simulated loss
+    of test example ``test_index`` most (``attribution.removal_effects``, slots left empty,
+    from starting losses ``L0: float[M]``); works for every simulator, and ids the simulator
+    never saw are never picked."""
+    effects = removal_effects(sim, curriculum, L0, learning_rates=learning_rates, horizon=horizon)
+    return top(effects, test_index, k=k, direction="helpful")[0]
 
 
 def counterfactual_vs_reality(setup, cf_cfg: CounterfactualConfig, sims, heldout, store_dir):
@@ -118,10 +123,9 @@ def counterfactual_vs_reality(setup, cf_cfg: CounterfactualConfig, sims, heldout
         j = int(np.argmin(observed[-1] - observed[0]))  # the test loss that fell most
     B = heldout.batch_size
     k = max(B, cf_cfg.num_remove // B * B)  # whole batches keep every batch full
-    L_ref = float(np.median(observed[:, j]))
-    removed = helpful_examples(sim, curriculum, j, L_ref, k)
-    edited = cf.remove(curriculum, removed)
     rates = None if heldout.learning_rates is None else heldout.learning_rates[r]
+    removed = helpful_examples(sim, curriculum, j, observed[0], k, learning_rates=rates)
+    edited = cf.remove(curriculum, removed)
     sim_orig = simulate(sim, curriculum, observed[0], learning_rates=rates)
     sim_edit = simulate(
         sim, edited, observed[0], learning_rates=cf.keep_schedule(rates, edited.shape[0])
@@ -141,9 +145,10 @@ def counterfactual_vs_reality(setup, cf_cfg: CounterfactualConfig, sims, heldout
         simulator=cf_cfg.simulator,
         run_index=r,
         description=(
-            f"Removed the {k} training examples of held-out run {r} with the most negative "
-            f"per-step effect A_i*L + B_i (L = {L_ref:.3f}) on test example {j} under "
-            f"{cf_cfg.simulator}, re-packed the rest into full batches, and retrained."
+            f"Removed the {k} training examples of held-out run {r} whose removal alone "
+            f"raises the simulated final loss of test example {j} most under "
+            f"{cf_cfg.simulator} (attribution.removal_effects), re-packed the rest into "
+            "full batches, and retrained."
         ),
     )
 
