@@ -14,10 +14,12 @@ benchmark a ``Counterfactuals`` record. Steps:
    the replay of the run itself (same seed: the reference), removal of ``k`` random
    examples for every ``k`` in ``random_sizes`` (``random_draws`` draws each), removal of
    the ``top_k`` examples each simulator of ``edit_simulators`` says help (and hurt)
-   each of ``targets`` test examples most, the reversed curriculum, and the ``top_k``
-   helpful examples of one test example moved to the end. Removal keeps the step structure
+   each of ``targets`` test examples most (``attribution.removal_effects`` and ``top``),
+   the reversed curriculum, and the ``top_k`` helpful examples of one test example moved
+   to the end. Removal keeps the step structure
    (``repack=False``: the slot becomes padding, and the run factory averages a batch's loss
-   over its real examples).
+   over its real examples; the simulators weigh the rest of an edited batch the same way,
+   ``attribution``'s ``batch_loss="mean"``).
 3. Retrain every distinct edited curriculum for real with the held-out run's seed through
    the run factory (``pipeline.generate.retrain``, ``retrain_group`` runs vmapped at once);
    each curriculum's losses are kept under ``output_dir/retrained`` and the run stores next
@@ -30,8 +32,8 @@ benchmark a ``Counterfactuals`` record. Steps:
 5. The magnitude (item 5): why the slope is off and two fixes chosen on the validation runs
    only (random edits of them, retrained): one effect-size scale per simulator, and the
    Linear ridge strength chosen by the error of the predicted change instead of the
-   trajectory MSE; plus the renormalised padding semantics (a batch that lost examples
-   weighs the rest by ``B / B_real``, as the real step does) and the final-step horizon.
+   trajectory MSE; plus the other padding semantics (``batch_loss="sum"``: the rest of an
+   edited batch keeps weight 1) and the final-step horizon.
 6. ``report.md``, ``counterfactuals.json``, ``scatter.png`` and the operative config in
    ``output_dir``.
 """
@@ -205,13 +207,14 @@ def payoff(targeted: np.ndarray, random_same_size: np.ndarray) -> dict[str, floa
 
 
 # Simulating edits ------------------------------------------------------------------------------
-def simulate_edits(sim, batches, L0, *, learning_rates=None, renormalise=False, chunk=256):
+def simulate_edits(sim, batches, L0, *, learning_rates=None, originals=None, chunk=256):
     """``float32[C, T+1, M]``: ``sim`` along curricula ``int32[C, T, B]`` from ``L0:
     float[C, M]``.
 
-    ``renormalise`` weighs the real examples of a batch that lost some by ``B / B_real``
-    (the run factory averages a batch's loss over its real examples, so each remaining
-    example's share of the update grows the same way); otherwise every real slot weighs 1.
+    ``originals`` (``int32[C, T, B]``, optional) are the curricula the edits removed examples
+    from: every real example of an edited step then weighs ``n_t / n'_t`` (real examples
+    before and after the edit), the run factory's batch mean (``attribution``,
+    ``batch_loss="mean"``); without them every real slot weighs 1 (``batch_loss="sum"``).
     Chunked over curricula to bound memory.
     """
     import jax.numpy as jnp
@@ -220,7 +223,7 @@ def simulate_edits(sim, batches, L0, *, learning_rates=None, renormalise=False, 
     from simfluence_jax.simulators.base import batch_mask
 
     batches = np.asarray(batches, np.int32)
-    C, T, B = batches.shape
+    C, T, _ = batches.shape
     L0 = np.broadcast_to(np.asarray(L0, np.float32), (C, sim.num_test))
     lr = None
     if learning_rates is not None:
@@ -229,39 +232,13 @@ def simulate_edits(sim, batches, L0, *, learning_rates=None, renormalise=False, 
     for lo in range(0, C, chunk):
         b = batches[lo : lo + chunk]
         ids, w = batch_mask(jnp.asarray(b))
-        if renormalise:
-            real = w.sum(-1, keepdims=True)
-            w = jnp.where(real > 0, w * B / jnp.maximum(real, 1.0), w)
+        if originals is not None:
+            before = (np.asarray(originals[lo : lo + chunk]) >= 0).sum(-1, keepdims=True)
+            after = w.sum(-1, keepdims=True)
+            w = w * jnp.asarray(before, jnp.float32) / jnp.maximum(after, 1.0)
         s = lr_scales(sim, None if lr is None else lr[lo : lo + chunk], (len(b),), T)
         out.append(np.asarray(rollout_weighted(sim, ids, w, L0[lo : lo + chunk], s)))
     return np.concatenate(out)
-
-
-def removal_effects(sim, curriculum, L0, *, learning_rates=None, horizon=1, renormalise=False):
-    """``(ids int[K], delta float32[K, M])``: the simulated change of the loss averaged over
-    the last ``horizon`` steps when every occurrence of each training id of ``curriculum``
-    is removed (slot -> padding), minus the unedited simulation; ``> 0``: the id helps.
-
-    Brute force over the K edited curricula in one batched rollout (the same definition
-    as ``simfluence_jax.attribution.removal_effects`` with ``repack=False``).
-    """
-    from simfluence_jax import counterfactuals as cf
-
-    c = np.asarray(curriculum, np.int32)
-    ids = np.unique(c[c >= 0])
-    edits = np.stack([c] + [cf.remove(c, [i], repack=False) for i in ids])
-    traj = simulate_edits(sim, edits, np.asarray(L0)[None], learning_rates=learning_rates,
-                          renormalise=renormalise)  # fmt: skip
-    end = end_mean(traj, horizon)
-    return ids, (end[1:] - end[0]).astype(np.float32)
-
-
-def top(ids, delta_j, k: int, direction: str) -> np.ndarray:
-    """The ``k`` ids with the largest (``helpful``) or smallest (``harmful``) effect on one
-    test example, best first (ties by id)."""
-    sign = {"helpful": -1.0, "harmful": 1.0}[direction]
-    order = np.lexsort((ids, sign * np.asarray(delta_j, np.float64)))
-    return np.asarray(ids)[order[:k]]
 
 
 # Edits -------------------------------------------------------------------------------------------
@@ -390,14 +367,23 @@ def train_edits(retrainer, edits: Sequence[Edit], seeds: Mapping[tuple[str, int]
 
 
 # Scoring -------------------------------------------------------------------------------------
-def predicted_trajectories(sims, edits, runs_by_split, *, renormalise=False):
-    """``{name: float32[E, T+1, M]}`` simulated along every edit from its run's L_0."""
+#: Edits that remove examples (their slots become padding).
+REMOVALS = ("random", "helpful", "harmful")
+
+
+def predicted_trajectories(sims, edits, runs_by_split, *, batch_loss="mean"):
+    """``{name: float32[E, T+1, M]}`` simulated along every edit from its run's L_0; a
+    removal's padded slots are weighted by ``batch_loss`` (``simulate_edits``)."""
     batches = np.stack([e.batches for e in edits])
+    originals = None
+    if batch_loss == "mean":
+        originals = np.stack([runs_by_split[e.split].batches[e.run] if e.kind in REMOVALS
+                              else e.batches for e in edits])  # fmt: skip
     L0 = np.stack([runs_by_split[e.split].L0[e.run] for e in edits])
     lr = None
     if all(runs_by_split[e.split].learning_rates is not None for e in edits):
         lr = np.stack([runs_by_split[e.split].learning_rates[e.run] for e in edits])
-    return {n: simulate_edits(s, batches, L0, learning_rates=lr, renormalise=renormalise)
+    return {n: simulate_edits(s, batches, L0, learning_rates=lr, originals=originals)
             for n, s in sims.items()}  # fmt: skip
 
 
@@ -546,8 +532,8 @@ def lds_markdown(table: Mapping[str, Mapping[str, float]]) -> list[str]:
 
 # Main ------------------------------------------------------------------------------------------
 def main(argv=None) -> Path:
+    from simfluence_jax import attribution, lds
     from simfluence_jax import counterfactuals as cf
-    from simfluence_jax import lds
     from simfluence_jax.fitting import DEFAULT_L2_GRID, fit_simulator
     from simfluence_jax.io import atomic_write, make_dirs
     from simfluence_jax.pipeline import study
@@ -588,19 +574,19 @@ def main(argv=None) -> Path:
                           split="heldout")  # fmt: skip
     edits += random_edits(val, range(val.num_runs), exp.random_sizes, exp.validation_draws,
                           seed=cfg.seed, split="validation")  # fmt: skip
-    tops: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    tops = {}
     skipped: list[tuple] = []
     for r in range(H):
         c = held.batches[r]
         lr = None if held.learning_rates is None else held.learning_rates[r]
         for name in sources:
-            tops[(name, r)] = removal_effects(sims[name], c, held.L0[r], learning_rates=lr,
-                                              horizon=hz)  # fmt: skip
+            tops[(name, r)] = attribution.removal_effects(
+                sims[name], c, held.L0[r], learning_rates=lr, horizon=hz
+            )
         for j in pick_targets(M, exp.targets, r, seed=cfg.seed):
             for name in sources:
-                ids, delta = tops[(name, r)]
                 for direction in ("helpful", "harmful"):
-                    drop = top(ids, delta[:, j], exp.top_k, direction)
+                    drop, _ = attribution.top(tops[(name, r)], int(j), exp.top_k, direction)
                     edited = cf.remove(c, drop, repack=False)
                     if empty_step(edited):  # cannot be trained; counted in the report
                         skipped.append((name, r, int(j), direction))
@@ -609,10 +595,9 @@ def main(argv=None) -> Path:
                                       target=int(j)))  # fmt: skip
         edits.append(Edit("reverse", r, cf.reverse(c)))
         # The top-k helpful examples (by the first source) of the first target, moved last.
-        ids, delta = tops[(sources[0], r)]
         j = int(pick_targets(M, exp.targets, r, seed=cfg.seed)[0])
         moved = c
-        for i in top(ids, delta[:, j], exp.top_k, "helpful")[::-1]:
+        for i in attribution.top(tops[(sources[0], r)], j, exp.top_k, "helpful")[0][::-1]:
             moved = cf.move_to_end(moved, int(i))
         edits.append(Edit("move_to_end", r, moved, size=exp.top_k, source=sources[0], target=j))
     timings["plan_s"] = time.perf_counter() - t0
@@ -707,7 +692,8 @@ def magnitude_study(exp, sims, edits, by_split, true_traj, true_change, pair_set
     * ``horizon``: the held-out slope with the loss averaged over the last 1, ``horizon``
       and ``2 * horizon`` steps (final-step noise attenuates Pearson, not the slope of
       achieved on predicted; a change of slope with the horizon is the simulator's drift);
-    * ``renormalised``: every simulator with the padding semantics of the run factory;
+    * ``batch_loss_sum``: every simulator with a padded slot simply dropped (weight 1 for
+      the rest, ``attribution``'s ``batch_loss="sum"``) instead of the run factory's mean;
     * ``calibrated``: each simulator's predicted change times one scale ``c``, the
       least-squares fit of achieved on predicted change over the validation runs' random
       edits (all test examples);
@@ -723,17 +709,17 @@ def magnitude_study(exp, sims, edits, by_split, true_traj, true_change, pair_set
     ve = np.repeat(val_idx, M)
     vj = np.tile(np.arange(M), len(val_idx))
     pred_traj = predicted_trajectories(sims, edits, by_split)
-    out: dict[str, Any] = {"horizon": {}, "renormalised": {}, "calibrated": {}, "scale": {},
+    out: dict[str, Any] = {"horizon": {}, "batch_loss_sum": {}, "calibrated": {}, "scale": {},
                            "l2": {}, "refit_sims": {}}  # fmt: skip
     e_all, j_all = pair_sets["all"]
     for h in sorted({1, hz, 2 * hz}):
         tc = changes(true_traj, edits, h)
         out["horizon"][h] = {n: agreement(changes(p, edits, h)[e_all, j_all], tc[e_all, j_all])
                              for n, p in pred_traj.items()}  # fmt: skip
-    ren_traj = predicted_trajectories(sims, edits, by_split, renormalise=True)
-    ren = {n: changes(p, edits, hz) for n, p in ren_traj.items()}
-    out["renormalised"] = agreement_table(ren, true_change, pair_sets, pred_traj=ren_traj,
-                                          true_traj=true_traj)  # fmt: skip
+    sum_traj = predicted_trajectories(sims, edits, by_split, batch_loss="sum")
+    plain = {n: changes(p, edits, hz) for n, p in sum_traj.items()}
+    out["batch_loss_sum"] = agreement_table(plain, true_change, pair_sets, pred_traj=sum_traj,
+                                            true_traj=true_traj)  # fmt: skip
     for n, p in pred_traj.items():
         dp = changes(p, edits, hz)
         c = scale_through_origin(dp[ve, vj], true_change[ve, vj])
@@ -825,11 +811,12 @@ def render(summary: Mapping[str, Any], exp: Counterfactuals, config_text: str) -
             for h in mag["horizon"]) + " |")  # fmt: skip
     lines += [
         "",
-        "Renormalised padding semantics (a batch that lost examples weighs the rest "
-        "by B / B_real, as the real step does), all held-out pairs:",
+        'Padding semantics `batch_loss="sum"` (a removed slot is dropped and the rest of its '
+        "batch keeps weight 1, unlike the real step, which averages over the real examples), "
+        "all held-out pairs:",
         "",
     ]
-    lines += agreement_markdown(mag["renormalised"], "all") + [""]
+    lines += agreement_markdown(mag["batch_loss_sum"], "all") + [""]
     lines += ["Effect-size calibration: one scale c per simulator fitted on the validation "
               "runs' random removals, applied to the held-out predictions:", "",
               "| simulator | c | validation slope | held-out slope (all / random / targeted) "

@@ -63,35 +63,36 @@ def _law(N=12, M=3, seed=0):
     )
 
 
-def test_removal_effects_equal_one_at_a_time_simulation():
+def test_simulated_removals_are_the_attribution_group_effects():
+    """The benchmark's predicted change of a removal (its batch-mean weighting) is what
+    ``attribution.group_effect`` says, and without ``originals`` it is ``batch_loss="sum"``."""
+    from simfluence_jax import attribution
+
     sim = _law()
     c = np.random.default_rng(1).permutation(12)[:8].reshape(4, 2).astype(np.int32)
     c = np.concatenate([c, c[::-1]])  # each id twice
     L0 = np.array([1.0, 0.7, 1.3], np.float32)
-    ids, delta = bench.removal_effects(sim, c, L0, horizon=3)
-    base = simulate(sim, c, L0)[-3:].mean(0)
-    assert list(ids) == sorted(set(c.ravel()))
-    for i, d in zip(ids, delta):
-        edited = simulate(sim, cf.remove(c, [i], repack=False), L0)[-3:].mean(0)
-        np.testing.assert_allclose(d, edited - base, atol=1e-6)
-    j = 1
-    np.testing.assert_array_equal(bench.top(ids, delta[:, j], 3, "helpful"),
-                                  ids[np.argsort(-delta[:, j], kind="stable")[:3]])  # fmt: skip
-    np.testing.assert_array_equal(bench.top(ids, delta[:, j], 3, "harmful"),
-                                  ids[np.argsort(delta[:, j], kind="stable")[:3]])  # fmt: skip
+    drop = c[0, :1].tolist() + c[2].tolist()
+    edited = cf.remove(c, drop, repack=False)
+    both = np.stack([c, edited])
+    for batch_loss, originals in (("mean", np.stack([c, c])), ("sum", None)):
+        traj = bench.simulate_edits(sim, both, np.stack([L0, L0]), originals=originals)
+        got = bench.end_mean(traj, 3)
+        want = attribution.group_effect(sim, c, L0, drop, horizon=3, batch_loss=batch_loss)
+        np.testing.assert_allclose(got[1] - got[0], want, atol=2e-6)
+    np.testing.assert_allclose(traj[0], simulate(sim, c, L0), rtol=1e-6)
 
 
-def test_renormalised_padding_weighs_the_rest_of_the_batch_by_B_over_B_real():
+def test_batch_mean_weighs_the_rest_of_an_edited_batch_by_n_over_n_after():
     sim = _law()
+    orig = np.array([[0, 1, 2, 3], [4, 5, 6, 7]], np.int32)
     c = np.array([[0, 1, 2, 3], [4, 5, -1, -1]], np.int32)
     L0 = np.array([1.0, 0.7, 1.3], np.float32)
-    got = bench.simulate_edits(sim, c[None], L0[None], renormalise=True)[0]
+    got = bench.simulate_edits(sim, c[None], L0[None], originals=orig[None])[0]
     A, B = np.asarray(sim.A, np.float64), np.asarray(sim.B, np.float64)
     L1 = A[:, :4].sum(1) * L0 + B[:, :4].sum(1)
     L2 = 2 * A[:, 4:6].sum(1) * L1 + 2 * B[:, 4:6].sum(1)
     np.testing.assert_allclose(got[1:], np.stack([L1, L2]), rtol=1e-5)
-    plain = bench.simulate_edits(sim, c[None], L0[None])[0]
-    np.testing.assert_allclose(plain, simulate(sim, c, L0), rtol=1e-6)
 
 
 def test_changes_pairs_and_payoff_table_on_a_fixed_plan():
