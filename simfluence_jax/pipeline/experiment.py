@@ -108,6 +108,67 @@ def helpful_examples(
     return top(effects, test_index, k=k, direction="helpful")[0]
 
 
+#: What the counterfactual benchmark (experiments/counterfactuals.py, experiments/README.md)
+#: measured on the quickstart protocol, shown under the report's attribution tables.
+BENCHMARK_VERDICT = (
+    "How far to trust these numbers: see the counterfactual benchmark "
+    "(`python -m experiments.counterfactuals`, results in experiments/README.md), which "
+    "retrains edited held-out curricula for real and compares the achieved change with the "
+    "predicted one for every simulator."
+)
+
+
+def attribution_section(
+    sim,
+    name: str,
+    heldout: RunSet,
+    *,
+    run: int = 0,
+    k: int = 5,
+    horizon: int = 8,
+    verdict: str = BENCHMARK_VERDICT,
+) -> str:
+    """The report's "Attribution" section: for three test examples of held-out run ``run``
+    (the largest loss drop, the median change, the largest rise) the ``k`` most helpful and
+    the ``k`` most harmful training examples under ``sim`` (``attribution.removal_effects``
+    over the last ``horizon`` steps), with texts when the runs have them and the predicted
+    effect of removing each one alone; ``verdict`` below the tables."""
+    curriculum, observed = heldout.batches[run], heldout.losses[run]
+    rates = None if heldout.learning_rates is None else heldout.learning_rates[run]
+    horizon = max(1, min(horizon, heldout.num_steps))
+    effects = removal_effects(sim, curriculum, observed[0], learning_rates=rates,
+                              horizon=horizon)  # fmt: skip
+    change = observed[-1] - observed[0]
+    order = np.argsort(change, kind="stable")
+    shown = {"largest loss drop": int(order[0]), "median change": int(order[len(order) // 2]),
+             "largest loss rise": int(order[-1])}  # fmt: skip
+    train_texts = heldout.metadata.get("train_texts") or []
+    test_texts = heldout.metadata.get("test_texts") or []
+    k = min(k, int(np.isfinite(effects.delta).any(axis=1).sum()))
+    lines = [
+        f"Under **{name}** (the fitted simulator with the lowest held-out all-steps MSE), "
+        f"held-out run {run}: the training examples whose removal alone changes the test "
+        f"loss (averaged over the last {horizon} steps) most; effect > 0: removing it raises "
+        "the loss (it helps), < 0: it hurts.",
+        "",
+    ]
+
+    def text(texts, i):
+        return str(texts[i]).replace("|", "\\|").replace("\n", " ")[:90] if texts else ""
+
+    for label, j in shown.items():
+        head = f"**Test example {j}** ({label}: {change[j]:+.3f})"
+        lines += [f"{head}: {text(test_texts, j)}" if test_texts else head, ""]
+        lines += ["| direction | rank | id | predicted effect | text |", "|---|---|---|---|---|"]
+        for direction in ("helpful", "harmful"):
+            ids, delta = top(effects, j, k=k, direction=direction)
+            for rank, (i, d) in enumerate(zip(ids, delta), 1):
+                lines.append(f"| {direction} | {rank} | {int(i)} | {float(d):+.4f} | "
+                             f"{text(train_texts, int(i))} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines + [verdict])
+
+
 def counterfactual_vs_reality(setup, cf_cfg: CounterfactualConfig, sims, heldout, store_dir):
     """Removes the examples ``cf_cfg.simulator`` says help one test example most from a
     held-out curriculum, simulates it, and retrains it for real."""
@@ -237,10 +298,15 @@ def run_experiment(
         ),
         "timings (s)": json.dumps({k: round(v, 1) for k, v in timings.items()}),
     }
+    fitted = [n for n in sims if groups[n] == "fitted" and np.isfinite(table[n]["mse_mean"])]
+    sections = []
+    if fitted:
+        best = min(fitted, key=lambda n: table[n]["mse_mean"])
+        sections.append(("Attribution", attribution_section(sims[best], best, heldout)))
     write_report(
         out, heldout=heldout, predictions=predictions, table=table, groups=groups,
         counterfactual=counterfactual, config_text=config_text, title=title,
-        setup=setup_lines,
+        setup=setup_lines, extra_sections=sections,
     )  # fmt: skip
     runs.save(out / "runs", overwrite=True)
     _log(f"report written to {out}/report.md")
