@@ -86,6 +86,8 @@ class Counterfactuals:
       l2_grid: ridge strengths the counterfactual l2 choice searches (empty: the fitter's).
       retrain_group: runs the factory trains at once.
       retrain_chunk: curricula per run store.
+      retrain_order: ``"forward"``, or ``"reverse"`` for a second process sharing the
+        retraining (it trains the LDS subsets first, then the edits from the end).
     """
 
     output_dir: str
@@ -102,6 +104,7 @@ class Counterfactuals:
     l2_grid: tuple[float, ...] = ()
     retrain_group: int = 8
     retrain_chunk: int = 32
+    retrain_order: str = "forward"
 
 
 def _log(msg: str) -> None:
@@ -304,11 +307,12 @@ class Retrainer:
     ``out/retrained/<key>-<seed>.npz`` and its run store (``pipeline.generate.retrain``) in
     ``out/retrained/runs-<chunk key>``, so a re-run trains nothing."""
 
-    def __init__(self, setup, out: Path, *, group: int, chunk: int):
+    def __init__(self, setup, out: Path, *, group: int, chunk: int, reverse: bool = False):
         cfg = dataclasses.replace(setup.config, group_size=group)
         self.setup = dataclasses.replace(setup, config=cfg)
         self.dir = Path(out) / "retrained"
         self.chunk = chunk
+        self.reverse = reverse
         self.seconds = 0.0
         self.trained = 0
 
@@ -316,30 +320,43 @@ class Retrainer:
         return self.dir / f"{curriculum_key(batches)}-{int(seed)}.npz"
 
     def __call__(self, batches, seeds):
-        """``(losses float32[C, T+1, M], learning_rates float32[C, T])``."""
-        from simfluence_jax.io import make_dirs
+        """``(losses float32[C, T+1, M], learning_rates float32[C, T])``.
+
+        What is missing is looked up again before every chunk, so a second process with
+        ``reverse=True`` (``Counterfactuals.retrain_order = 'reverse'``) can share the work:
+        it takes the chunks from the end, and a chunk the other process holds is waited for.
+        """
+        import io as _io
+
+        from simfluence_jax.io import atomic_write, make_dirs
+        from simfluence_jax.locks import StoreBusyError
         from simfluence_jax.pipeline.generate import retrain
 
         batches = np.asarray(batches, np.int32)
         seeds = np.asarray(seeds, np.int64)
         make_dirs(self.dir)
-        todo = [i for i in range(len(batches)) if not self._file(batches[i], seeds[i]).exists()]
         t0 = time.perf_counter()
-        for lo in range(0, len(todo), self.chunk):
-            part = todo[lo : lo + self.chunk]
+        while True:
+            todo = [i for i in range(len(batches))
+                    if not self._file(batches[i], seeds[i]).exists()]  # fmt: skip
+            if not todo:
+                break
+            part = todo[-self.chunk :] if self.reverse else todo[: self.chunk]
             b, s = batches[part], seeds[part]
             key = hashlib.sha256(b.tobytes() + s.tobytes()).hexdigest()[:12]
-            runs = retrain(self.setup, self.dir / f"runs-{key}", b, s)
+            try:
+                runs = retrain(self.setup, self.dir / f"runs-{key}", b, s)
+            except StoreBusyError:  # the other process trains this chunk
+                time.sleep(10)
+                continue
             for n, i in enumerate(part):
                 lr = runs.learning_rates[n] if runs.learning_rates is not None else None
-                with open(self._file(batches[i], seeds[i]), "wb") as f:
-                    np.savez(
-                        f,
-                        losses=runs.losses[n],
-                        learning_rates=np.full(b.shape[1], np.nan) if lr is None else lr,
-                    )
+                lr = np.full(b.shape[1], np.nan) if lr is None else lr
+                buf = _io.BytesIO()
+                np.savez(buf, losses=runs.losses[n], learning_rates=lr)
+                atomic_write(self._file(batches[i], seeds[i]), buf.getvalue())
             self.trained += len(part)
-            _log(f"retrained {min(lo + self.chunk, len(todo))}/{len(todo)} curricula "
+            _log(f"retrained {len(part)} curricula, {len(todo) - len(part)} left "
                  f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
         self.seconds += time.perf_counter() - t0
         loaded = [np.load(self._file(batches[i], seeds[i])) for i in range(len(batches))]
@@ -605,7 +622,20 @@ def main(argv=None) -> Path:
     _log(f"{len(edits)} edits, {n_unique} distinct curricula to retrain (cached ones are read)")
 
     # 3. Retrain.
-    retrainer = Retrainer(setup, out, group=exp.retrain_group, chunk=exp.retrain_chunk)
+    reverse = exp.retrain_order == "reverse"
+    retrainer = Retrainer(setup, out, group=exp.retrain_group, chunk=exp.retrain_chunk,
+                          reverse=reverse)  # fmt: skip
+    N = runs.num_train
+    lds_size = N // 2 // B * B
+    lds_seeds = cfg.seed * 100_003 + 50_000 + np.arange(exp.lds_subsets)
+    # As many passes over the subset as the runs make over theirs (TRAK: half the pool).
+    lds_epochs = max(1, round(runs.num_steps * B / (cfg.subset_size or N)))
+    lds_args = dict(pool_size=N, num_subsets=exp.lds_subsets, subset_size=lds_size,
+                    batch_size=B, epochs=lds_epochs, seed=cfg.seed + 7)  # fmt: skip
+    if reverse and exp.lds_subsets:
+        lds_batches = lds.subset_curricula(lds_args.pop("pool_size"), **lds_args)
+        lds_args["pool_size"] = N
+        retrainer(lds_batches, lds_seeds)
     trained = train_edits(retrainer, edits, seeds)
     true_traj = np.stack([trained[(e.key, seeds[(e.split, e.run)])][0] for e in edits])
     timings["retrain_s"] = retrainer.seconds
@@ -637,10 +667,7 @@ def main(argv=None) -> Path:
     lds_res = None
     if exp.lds_subsets:
         t0 = time.perf_counter()
-        N = runs.num_train
-        size = N // 2 // B * B
-        _log(f"LDS: {exp.lds_subsets} subsets of {size} of the {N} pool examples")
-        lds_seeds = cfg.seed * 100_003 + 50_000 + np.arange(exp.lds_subsets)
+        _log(f"LDS: {exp.lds_subsets} subsets of {lds_size} of the {N} pool examples")
         lds_sims = dict(sims)
         lds_sims.update(magnitude["refit_sims"])
 
@@ -648,11 +675,7 @@ def main(argv=None) -> Path:
             losses, rates = retrainer(b, lds_seeds[: len(b)])
             return losses
 
-        # As many passes over the subset as the runs make over theirs (TRAK: half the pool).
-        epochs = max(1, round(runs.num_steps * B / (cfg.subset_size or N)))
-        lds_res = lds.run_lds(lds_sims, train, pool_size=N, num_subsets=exp.lds_subsets,
-                              subset_size=size, batch_size=B, epochs=epochs,
-                              seed=cfg.seed + 7)  # fmt: skip
+        lds_res = lds.run_lds(lds_sims, train, **lds_args)
         timings["lds_s"] = time.perf_counter() - t0
     timings["retrain_s"] = retrainer.seconds
 
