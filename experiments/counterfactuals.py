@@ -549,6 +549,7 @@ def lds_markdown(table: Mapping[str, Mapping[str, float]]) -> list[str]:
 
 # Main ------------------------------------------------------------------------------------------
 def main(argv=None) -> Path:
+    import simfluence_jax as sj
     from simfluence_jax import attribution, lds
     from simfluence_jax import counterfactuals as cf
     from simfluence_jax.fitting import DEFAULT_L2_GRID, fit_simulator
@@ -673,7 +674,7 @@ def main(argv=None) -> Path:
 
         def train(b):
             losses, rates = retrainer(b, lds_seeds[: len(b)])
-            return losses
+            return sj.RunSet(batches=b, losses=losses, num_train=N, learning_rates=rates)
 
         lds_res = lds.run_lds(lds_sims, train, **lds_args)
         timings["lds_s"] = time.perf_counter() - t0
