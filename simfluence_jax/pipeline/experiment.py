@@ -111,10 +111,14 @@ def helpful_examples(
 #: What the counterfactual benchmark (experiments/counterfactuals.py, experiments/README.md)
 #: measured on the quickstart protocol, shown under the report's attribution tables.
 BENCHMARK_VERDICT = (
-    "How far to trust these numbers: see the counterfactual benchmark "
-    "(`python -m experiments.counterfactuals`, results in experiments/README.md), which "
-    "retrains edited held-out curricula for real and compares the achieved change with the "
-    "predicted one for every simulator."
+    "How far to trust these numbers: the counterfactual benchmark (`python -m "
+    "experiments.counterfactuals`, experiments/README.md) retrained 193 edits of 4 held-out "
+    "quickstart curricula. Predicted vs achieved change of the loss over the last 8 steps: "
+    "Linear Pearson 0.77 (0.90 on top-8 removals), slope 1.5 (it predicts about two thirds "
+    "of the achieved change); one_plus_sum and the kernel Pearson 0.73-0.74, slope 0.94-0.97; "
+    "calibrated TracIn-CP Pearson 0.33. Removing Linear's top-8 helpful examples raised the "
+    "target loss by 0.53 against 0.01 for 8 random ones (32 of 32). LDS: Linear 0.89, "
+    "TracIn-CP 0.58, influence functions 0.28."
 )
 
 
