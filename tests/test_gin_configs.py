@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import simfluence_jax as sj
-from experiments import beyond, fidelity
+from experiments import beyond, counterfactuals, fidelity
 from simfluence_jax import cli
 from simfluence_jax.pipeline import config as cfgs
 
@@ -17,6 +17,7 @@ ALL_GIN = sorted(GIN_DIR.rglob("*.gin"))
 # (so each file parses on its own, whatever ran before).
 cli.register_configurable(beyond.Beyond)
 cli.register_configurable(fidelity.Fidelity)
+cli.register_configurable(counterfactuals.Counterfactuals)
 #: What the files marked "Requires: <binding>" need bound to parse on their own.
 REQUIRED = {
     "base.gin": ["Experiment.output_dir = '/tmp/x'"],

@@ -110,6 +110,21 @@ def helpful_examples(
     return top(effects, test_index, k=k, direction="helpful")[0]
 
 
+#: What the counterfactual benchmark (experiments/counterfactuals.py, experiments/README.md)
+#: measured on the quickstart protocol: the report's "how far to trust this" paragraph under
+#: its Attribution section unless the caller passes its own ``attribution_verdict``.
+BENCHMARK_VERDICT = (
+    "How far to trust these numbers: the counterfactual benchmark (`python -m "
+    "experiments.counterfactuals`, experiments/README.md) retrained 193 edits of 4 held-out "
+    "quickstart curricula. Predicted vs achieved change of the loss over the last 8 steps: "
+    "Linear Pearson 0.77 (0.90 on top-8 removals), slope 1.5 (it predicts about two thirds "
+    "of the achieved change); one_plus_sum and the kernel Pearson 0.73-0.74, slope 0.94-0.97; "
+    "calibrated TracIn-CP Pearson 0.33. Removing Linear's top-8 helpful examples raised the "
+    "target loss by 0.53 against 0.01 for 8 random ones (32 of 32). LDS: Linear 0.89, "
+    "TracIn-CP 0.58, influence functions 0.28."
+)
+
+
 def counterfactual_vs_reality(setup, cf_cfg: CounterfactualConfig, sims, heldout, store_dir):
     """Removes the examples ``cf_cfg.simulator`` says help one test example most from a
     held-out curriculum, simulates it, and retrains it for real."""
@@ -242,10 +257,11 @@ def run_experiment(
         ),
         "timings (s)": json.dumps({k: round(v, 1) for k, v in timings.items()}),
     }
+    verdict = BENCHMARK_VERDICT if attribution_verdict is None else attribution_verdict
     write_report(
         out, heldout=heldout, predictions=predictions, table=table, groups=groups,
         counterfactual=counterfactual, config_text=config_text, title=title,
-        setup=setup_lines, simulators=sims, attribution_verdict=attribution_verdict,
+        setup=setup_lines, simulators=sims, attribution_verdict=verdict,
     )  # fmt: skip
     runs.save(out / "runs", overwrite=True)
     _log(f"report written to {out}/report.md")
