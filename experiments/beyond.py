@@ -35,7 +35,6 @@ output folder keyed by their curricula, so a re-run reuses them.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -115,24 +114,10 @@ def parse(argv):
     """``(Beyond, RunsConfig, FitConfig, operative config text)`` from the command line."""
     from simfluence_jax import cli
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gin_file", action="append", default=None, help=f"default: {GIN}")
-    ap.add_argument("--small", action="store_true", help=f"tiny sizes ({SMALL_GIN})")
-    for flag, (binding, kind) in FLAGS.items():
-        ap.add_argument(flag, dest=binding, type=kind, metavar=kind.__name__.upper(),
-                        help=f"sets {binding}")  # fmt: skip
-    args, rest = ap.parse_known_args(argv)
-    unknown = [a for a in rest if not a.startswith("--gin.")]
-    if unknown:
-        ap.error(f"unrecognized arguments: {' '.join(unknown)}")
-    files = list(args.gin_file or []) + ([SMALL_GIN] if args.small else [])
-    given = {binding: vars(args)[binding] for binding, _ in FLAGS.values()}
-    bindings = [f"{b} = {v!r}" for b, v in given.items() if v is not None]
-    bindings += [a.split("--gin.", 1)[1] for a in rest]
-    cli.register_configurable(Beyond)
-    cli.parse_gin(files or [GIN], bindings)
-    runs_cfg, fit_cfg, _, _ = cli.configs()
-    return cli.configured("Beyond"), runs_cfg, fit_cfg, cli.operative_config()
+    return cli.parse_experiment(
+        argv, Beyond, description=__doc__.split("\n\n")[0], default_gin=GIN, flags=FLAGS,
+        variant=("--small", SMALL_GIN, "tiny sizes"),
+    )  # fmt: skip
 
 
 # Runs ----------------------------------------------------------------------------------------

@@ -40,7 +40,6 @@ benchmark a ``Counterfactuals`` record. Steps:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -115,24 +114,10 @@ def parse(argv):
     """``(Counterfactuals, RunsConfig, FitConfig, operative config text)``."""
     from simfluence_jax import cli
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gin_file", action="append", default=None, help=f"default: {GIN}")
-    ap.add_argument("--tiny", action="store_true", help=f"CI sizes ({TINY_GIN})")
-    for flag, (binding, kind) in FLAGS.items():
-        ap.add_argument(flag, dest=binding, type=kind, metavar=kind.__name__.upper(),
-                        help=f"sets {binding}")  # fmt: skip
-    args, rest = ap.parse_known_args(argv)
-    unknown = [a for a in rest if not a.startswith("--gin.")]
-    if unknown:
-        ap.error(f"unrecognized arguments: {' '.join(unknown)}")
-    files = list(args.gin_file or []) or [TINY_GIN if args.tiny else GIN]
-    given = {binding: vars(args)[binding] for binding, _ in FLAGS.values()}
-    bindings = [f"{b} = {v!r}" for b, v in given.items() if v is not None]
-    bindings += [a.split("--gin.", 1)[1] for a in rest]
-    cli.register_configurable(Counterfactuals)
-    cli.parse_gin(files, bindings)
-    runs_cfg, fit_cfg, _, _ = cli.configs()
-    return cli.configured("Counterfactuals"), runs_cfg, fit_cfg, cli.operative_config()
+    return cli.parse_experiment(
+        argv, Counterfactuals, description=__doc__.split("\n\n")[0], default_gin=GIN, flags=FLAGS,
+        variant=("--tiny", TINY_GIN, "CI sizes"),
+    )  # fmt: skip
 
 
 # Metrics (pure NumPy) --------------------------------------------------------------------------

@@ -155,6 +155,43 @@ def configured(name: str):
     return out
 
 
+def parse_experiment(argv, record, *, description: str, default_gin, flags, variant):
+    """The command line of an experiment entry point (``experiments/*.py``), parsed into gin.
+
+    Args:
+      argv: the arguments (``--gin_file``, the variant flag, ``flags``, ``--gin.NAME=VALUE``).
+      record: the experiment's config class, registered as a gin configurable of its name.
+      description: the ``--help`` text.
+      default_gin: the gin file used when no ``--gin_file`` (and no variant) is given.
+      flags: ``{"--flag": (gin binding, type)}`` shortcuts for bindings.
+      variant: ``(flag, gin file, help)``: a switch that adds a bundled config (small sizes).
+
+    Returns:
+      ``(record, RunsConfig, FitConfig, operative config text)``.
+    """
+    flag, variant_gin, variant_help = variant
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--gin_file", action="append", default=None, help=f"default: {default_gin}")
+    ap.add_argument(
+        flag, dest="variant", action="store_true", help=f"{variant_help} ({variant_gin})"
+    )
+    for name, (binding, kind) in flags.items():
+        ap.add_argument(name, dest=binding, type=kind, metavar=kind.__name__.upper(),
+                        help=f"sets {binding}")  # fmt: skip
+    args, rest = ap.parse_known_args(argv)
+    unknown = [a for a in rest if not a.startswith("--gin.")]
+    if unknown:
+        ap.error(f"unrecognized arguments: {' '.join(unknown)}")
+    files = list(args.gin_file or []) + ([variant_gin] if args.variant else [])
+    given = {binding: vars(args)[binding] for binding, _ in flags.values()}
+    bindings = [f"{b} = {v!r}" for b, v in given.items() if v is not None]
+    bindings += [a.split("--gin.", 1)[1] for a in rest]
+    register_configurable(record)
+    parse_gin(files or [default_gin], bindings)
+    runs_cfg, fit_cfg, _, _ = configs()
+    return configured(record.__name__), runs_cfg, fit_cfg, operative_config()
+
+
 def configs():
     """The gin-bound ``(RunsConfig, FitConfig, CounterfactualConfig, Experiment)``."""
     return tuple(configured(n) for n in ("RunsConfig", "FitConfig", "CounterfactualConfig",
