@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import RESULTS, table, write
+from benchmarks.common import RESULTS, reset_peak_rss, status_kb, table, write
 from simfluence_jax.gradients import (
     InfluenceConfig,
     Projection,
@@ -207,37 +207,18 @@ def bench_tracin(name: str, *, quick: bool) -> list[dict]:
     return rows
 
 
-def _status_kb(field: str) -> int:
-    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    """Resets the process's peak RSS (``VmHWM``) on Linux; False where that is refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def memory_child(name: str, n: int, chunk: int | None) -> dict:
     loss_fn, theta, frozen, pool, test = prepared(name)
     pool = tile(pool, n)
     f = jax.jit(lambda th, fr, x, y: gradient_dots(loss_fn, th, fr, x, y, chunk_size=chunk))
     compiled = f.lower(theta, frozen, pool, test).compile()
     jax.block_until_ready((theta, frozen, pool, test))
-    reset = _reset_peak_rss()
-    before = _status_kb("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset = reset_peak_rss()
+    before = status_kb("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     jax.block_until_ready(compiled(theta, frozen, pool, test))
     seconds = time.perf_counter() - t0
-    after = _status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stats = compiled.memory_analysis()
     temp = getattr(stats, "temp_size_in_bytes", None) if stats is not None else None
     return dict(
@@ -357,12 +338,12 @@ def scores_child(name: str, method: str, quick: bool) -> dict:
         raise ValueError(f"unknown method {method!r}")
 
     jax.block_until_ready((theta, frozen, pool, test))
-    reset = _reset_peak_rss()
-    before = _status_kb("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset = reset_peak_rss()
+    before = status_kb("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     out = np.asarray(jax.block_until_ready(run()))
     seconds = time.perf_counter() - t0
-    after = _status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return dict(
         setting=name,
         params=sum(int(x.size) for x in jax.tree_util.tree_leaves(theta)),

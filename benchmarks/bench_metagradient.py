@@ -36,7 +36,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.common import table, write
+from benchmarks.common import reset_peak_rss, status_kb, table, write
 from simfluence_jax.gradients.metagradient import Replay
 
 COLUMNS = ["setting", "optimizer", "what", "seconds", "x_train", "x_train_per_test", "x_run",
@@ -77,23 +77,6 @@ def setting(name: str, optimizer: str):
     raise ValueError(f"unknown setting {name!r}; known: toy, quickstart")
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def timed(fn, repeat: int) -> float:
     """Median seconds of ``fn()`` over ``repeat`` calls after one warm-up call."""
     jax.block_until_ready(fn())
@@ -114,15 +97,15 @@ def measured_reverse(replay: Replay, batches, seed: int, *, repeat: int, **kwarg
     compile_s = time.perf_counter() - t0
     if repeat > 1:
         jax.block_until_ready(compiled(*args))  # warm (compiled ahead of time already)
-    reset = _reset_peak_rss()
-    before = _status_kb("VmRSS") if reset else None
+    reset = reset_peak_rss()
+    before = status_kb("VmRSS") if reset else None
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         out = jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
     seconds = float(np.median(times))
-    peak = (_status_kb("VmHWM") - before) / 1024 if reset else float("nan")
+    peak = (status_kb("VmHWM") - before) / 1024 if reset else float("nan")
     stats = compiled.memory_analysis()
     temp = getattr(stats, "temp_size_in_bytes", None) if stats is not None else None
     return dict(

@@ -62,3 +62,22 @@ def write(name: str, payload: dict) -> Path:
     payload = {"environment": environment(), **payload}
     atomic_write(path, json.dumps(payload, indent=1))
     return path
+
+
+def status_kb(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Resets the process's peak RSS (``VmHWM``) on Linux; False where that is refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
