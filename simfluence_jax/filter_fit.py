@@ -19,17 +19,24 @@ each run) and row weights ``u_t`` (``s^2``, ``s^2 Lp^2`` or ``s^2 Lp``),
 so each block is a scatter-add of the rows of ``v`` into the ids of their step, O(S B N)
 instead of the dense O(S N^2).
 
-**The step on h.** Write ``z_k = X_k theta`` for the rows' derivative in ``h[k]`` (the
-per-step sums ``a_t = A . m(c_t)``, ``b_t = B . m(c_t)`` delayed by k:
-``z_k = s_t (Lp a_{t-k} + b_{t-k})``) and ``w_k = ridge(z_k)`` for the ridge solution with
-target ``z_k``. Leaving out the term ``G^-1 X_k^T r`` of the derivative of ``theta(h)``
-(Kaufman 1975), the Jacobian of the augmented residual ``[r; sqrt(l2) theta]`` has columns
-``[X w_k - z_k; -sqrt(l2) w_k]``. Its gradient ``J^T [r; sqrt(l2) theta] = -z^T r`` is the
-exact gradient of f / 2 (``X^T r = l2 theta`` at the solve), so the iteration stops where
-the joint objective in (h, A, B) is stationary; ``J^T J`` is a Gauss-Newton model that
-accounts for (A, B) moving with h, which plain alternation between the two solves does not
-(it creeps toward the minimum). Levenberg-Marquardt damping, and a step is taken only if
-it lowers f.
+**The step on h.** Write ``X_k`` for the rows' derivative in ``h[k]`` (the counts delayed by
+k steps) and ``z_k = X_k theta = s_t (Lp a_{t-k} + b_{t-k})`` with the per-step sums
+``a_t = A . m(c_t)``, ``b_t = B . m(c_t)``. Differentiating the normal equations
+``G theta = X^T y`` (``G = X^T X + l2 I``) gives ``theta``'s derivative
+
+    d theta / d h[k] = G^-1 (X_k^T r - X^T z_k),    r = y - X theta,
+
+one more solve with the factorisation already made (the K right-hand sides share it), and
+the Jacobian of the augmented residual ``[r; sqrt(l2) theta]`` has columns
+``[-z_k - X d theta_k; sqrt(l2) d theta_k]`` (Golub and Pereyra's full Jacobian; Kaufman's
+approximation drops ``X_k^T r`` and would cost the same). ``J^T [r; sqrt(l2) theta] =
+-z^T r`` is the exact gradient of ``f / 2``
+(``X^T r = l2 theta`` at the solve), so the iteration stops where the joint objective in
+(h, A, B) is stationary, and ``J^T J`` is a Gauss-Newton model of it that accounts for
+(A, B) moving with h, which plain alternation between the two solves does not (it creeps
+toward the minimum). Levenberg-Marquardt damping; a step is taken only if it lowers f.
+Measured on the tests' late-peak world: ``J^T J`` within 15% of the finite-difference
+Hessian of f in every eigenvalue, and 4 steps from the best geometric start to the minimum.
 
 **Choosing l2 and the start.** With validation runs, every l2 of the grid gets its own
 filter (largest l2 first, each started from the previous filter) and the lowest rollout MSE
