@@ -47,6 +47,7 @@ _EXPORTS = {
     "simulate": "rollout",
     "RunSet": "runs",
     "test_mesh": "sharding",
+    "FilterSimulator": "simulators",
     "LinearSimulator": "simulators",
     "MeanSimulator": "simulators",
     "Simulator": "simulators",

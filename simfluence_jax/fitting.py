@@ -251,7 +251,8 @@ def _check_runs(runs, validation):
 @SIMULATORS.register("linear")
 def fit_linear(
     runs, *, l2=None, validation=None, solver="auto", mesh=None, alpha="sum", momentum=0.0,
-    lr_scaled=False, dtype=np.float32, prior=None,
+    lr_scaled=False, dtype=np.float32, prior=None, kernel="momentum", filter_length=None,
+    filter_init=None,
 ):  # fmt: skip
     """Simfluence-Linear with the optimizer kernel: alpha_t = alpha0 + s_t A . x_t,
     beta_t = s_t B . x_t, x_t = mu x_{t-1} + m(c_t); fitted by ridge.
@@ -260,9 +261,19 @@ def fit_linear(
     chosen with l2 on ``validation``); ``lr_scaled``: scale effects by ``eta_t / eta_ref``;
     ``prior``: a ``LinearSimulator`` whose (A, B) the ridge shrinks toward instead of 0
     (e.g. calibrated gradient scores written as Linear parameters).
+    ``kernel="filter"``: x_t = sum_k h[k] m(c_{t-k}) with a learned causal filter of
+    ``filter_length`` K (``filter_fit``; ``filter_init`` its start), a ``FilterSimulator``.
     """
     if alpha not in ALPHA_FORMS:
         raise ValueError(f"unknown alpha form {alpha!r}; known: {', '.join(ALPHA_FORMS)}")
+    if kernel != "momentum" or filter_length is not None or filter_init is not None:
+        from simfluence_jax import filter_fit  # imports this module, so not at the top
+
+        return filter_fit.fit_linear_kernel_filter(
+            runs, kernel=kernel, momentum=momentum, prior=prior, solver=solver, l2=l2,
+            validation=validation, mesh=mesh, alpha=alpha, lr_scaled=lr_scaled, dtype=dtype,
+            filter_length=filter_length, filter_init=filter_init,
+        )  # fmt: skip
     name = "linear" if alpha == "sum" else "linear_one_plus_sum"
     return _ridge_fit(
         runs, name=name, alpha0=ALPHA_FORMS[alpha], use_A=True, use_B=True, l2=l2,
@@ -378,7 +389,8 @@ fit_constant.group = fit_mean.group = fit_shuffled.group = "control"
 
 @dataclasses.dataclass(frozen=True)
 class LazyFitter:
-    """A registry entry whose fitter lives in a module that needs the training stack.
+    """A registry entry whose fitter lives in a module that needs the training stack (or
+    that imports this one: the filter kernel's ``filter_fit``).
 
     ``module.attr(*args)`` is the fitter; it is imported on first use, so the registry lists
     every simulator while ``import simfluence_jax`` needs only JAX and NumPy.
@@ -424,6 +436,12 @@ for _name in GRADIENT_BASELINES:
                 doc=f"{_name} ({'calibrated' if _calibrated else 'raw'}); needs gradients=",
             )
         )  # fmt: skip
+SIMULATORS.register("linear_filter")(
+    LazyFitter(
+        "simfluence_jax.filter_fit", "fit_linear_filter",
+        doc="Linear with a learned causal filter of the batch counts (the filter kernel)",
+    )
+)  # fmt: skip
 SIMULATORS.register("featurized")(
     LazyFitter(
         "simfluence_jax.featurized_fit", "fit_featurized", inputs=("features",),

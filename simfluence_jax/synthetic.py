@@ -130,7 +130,8 @@ def make_kernel_runs(
     num_runs: int,
     subset: int,
     epochs: int,
-    mu: float,
+    mu: float = 0.0,
+    filter=None,
     schedule: bool = True,
     warmup: int = 4,
     batch_size: int = 4,
@@ -142,9 +143,18 @@ def make_kernel_runs(
     (docs/design.md): ``L_t = (1 + s_t A . x_t) L_{t-1} + s_t B . x_t + noise``,
     ``x_t = mu x_{t-1} + m(c_t)``, ``s_t = eta_t / max eta`` with a warm-up/decay schedule
     (``schedule=True``) or a constant rate; ``A ~ -U(0, 0.004)``, ``B ~ U(-0.006, 0.002)``,
-    both times ``effect_scale``. The runs carry their learning rates."""
+    both times ``effect_scale``. The runs carry their learning rates.
+
+    ``filter`` (``[K+1]``, instead of ``mu``) draws them from the filter kernel's law
+    (``simulators.filter``): ``x_t = sum_k filter[k] m(c_{t-k})``."""
     from simfluence_jax.sampling import sample_curricula as sample
 
+    if filter is not None:
+        if mu != 0.0:
+            raise ValueError("give the kernel as mu or as filter, not both")
+        filter = np.asarray(filter, np.float64)
+        if filter.ndim != 1 or filter.size == 0 or not np.all(np.isfinite(filter)):
+            raise ValueError(f"filter must be a finite 1-D array, got {filter!r}")
     rng = np.random.default_rng(seed)
     N, M = num_train, num_test
     batches = sample(
@@ -159,10 +169,16 @@ def make_kernel_runs(
     L = np.empty((R, T + 1, M))
     L[:, 0] = rng.uniform(1.0, 2.0, M)
     a, b = np.zeros((R, M)), np.zeros((R, M))
+    history = []  # the count vectors of the past steps, newest first
     for t in range(T):
         counts = np.zeros((R, N))
         np.add.at(counts, (np.arange(R)[:, None], batches[:, t]), 1.0)
-        a = mu * a + counts @ A.T
-        b = mu * b + counts @ B.T
+        if filter is None:
+            a = mu * a + counts @ A.T
+            b = mu * b + counts @ B.T
+        else:
+            history = [counts] + history[: filter.size - 1]
+            x = sum(h * c for h, c in zip(filter, history))
+            a, b = x @ A.T, x @ B.T
         L[:, t + 1] = (1 + s[t] * a) * L[:, t] + s[t] * b + noise * rng.standard_normal((R, M))
     return RunSet(batches=batches, losses=L, num_train=N, learning_rates=np.tile(eta, (R, 1)))

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 #: The core: what a user with only logged runs installs, fits and simulates with.
 CORE = (
     "runs", "io", "registry", "sampling", "synthetic", "simulators", "solvers", "rollout",
-    "fitting", "evaluation", "metrics", "counterfactuals", "sharding", "lds", "importers",
-    "logger", "attribution",
+    "fitting", "filter_fit", "evaluation", "metrics", "counterfactuals", "sharding", "lds",
+    "importers", "logger", "attribution",
 )  # fmt: skip
 #: Third-party packages of the training stack, which the core never imports.
 TRAINING_STACK = ("gin", "tensorflow", "flax", "optax", "orbax", "seqio")

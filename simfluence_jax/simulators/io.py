@@ -24,6 +24,7 @@ import numpy as np
 from simfluence_jax import io as sio
 from simfluence_jax.registry import Registry
 from simfluence_jax.simulators.featurized import FeaturizedSimulator
+from simfluence_jax.simulators.filter import FilterSimulator
 from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
 from simfluence_jax.simulators.metagradient import MetagradientSimulator
 from simfluence_jax.simulators.segmented import SegmentedSimulator
@@ -37,6 +38,7 @@ SIMULATOR_CLASSES.register("MeanSimulator")(MeanSimulator)
 SIMULATOR_CLASSES.register("SegmentedSimulator")(SegmentedSimulator)
 SIMULATOR_CLASSES.register("FeaturizedSimulator")(FeaturizedSimulator)
 SIMULATOR_CLASSES.register("MetagradientSimulator")(MetagradientSimulator)
+SIMULATOR_CLASSES.register("FilterSimulator")(FilterSimulator)
 
 _F = "f"
 #: ``(dtype kinds, shape)`` of the parameter arrays of each class, in named sizes shared
@@ -44,6 +46,12 @@ _F = "f"
 #: checked for a plain numeric dtype and against the shapes recorded at save time.
 ARRAY_SHAPES: dict[str, dict[str, tuple]] = {
     "LinearSimulator": {"A": (_F, ("M", "N")), "B": (_F, ("M", "N")), "seen": ("b", ("N",))},
+    "FilterSimulator": {
+        "A": (_F, ("M", "N")),
+        "B": (_F, ("M", "N")),
+        "seen": ("b", ("N",)),
+        "filter": (_F, ("K1",)),
+    },
     "MeanSimulator": {"delta": (_F, ("M", "T"))},
     "SegmentedSimulator": {
         "S": (_F, ("M", "K", "N")),
