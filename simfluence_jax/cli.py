@@ -563,7 +563,7 @@ def _shorten(text: str, width: int) -> str:
 def cmd_import(args) -> Path:
     """``simfluence import``: reads runs logged elsewhere and saves them as a run set.
     Returns the saved folder."""
-    from simfluence_jax.importers import read_gptfluence, read_ids, read_long
+    from simfluence_jax.importers import IMPORTERS, read_ids
 
     pool = {
         "train_ids": read_ids(args.train_ids) if args.train_ids else None,
@@ -571,10 +571,7 @@ def cmd_import(args) -> Path:
         "batch_size": args.batch_size,
     }
     with _claim(args, args.out, kind="runset", overwrite=args.overwrite) as out:
-        if args.format == "gptfluence":
-            runs = read_gptfluence(args.run_dirs, pad=args.pad, **pool)
-        else:
-            runs = read_long(args.losses, args.curricula, pad=args.pad, **pool)
+        runs = IMPORTERS.get(args.format).read_args(args, pad=args.pad, **pool)
         path = runs.save(out, overwrite=True)  # claimed: ours to replace, or new
     print(f"{runs} imported and saved to {path}")
     print(f"next: simfluence fit --runs {path} --out sims/")
@@ -649,6 +646,8 @@ def _add_verdict(sp) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from simfluence_jax.importers import IMPORTERS
+
     doc = __doc__.split("\n\n", 1)
     p = argparse.ArgumentParser(
         prog="simfluence", description=doc[0],
@@ -740,18 +739,11 @@ def _parser() -> argparse.ArgumentParser:
              "simfluence import gptfluence runs/rte/ --out imported/")  # fmt: skip
     formats = sp.add_subparsers(dest="format", metavar="FORMAT")
     formats.required = True
-    fp = formats.add_parser(
-        "gptfluence",
-        help="GPTfluence run directories (train_samples_id.json, all_loss_trajectory.out)",
-    )
-    fp.add_argument(
-        "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, a folder of them, a glob"
-    )
-    fp = formats.add_parser("long", help="long-form CSV or JSON lines")
-    fp.add_argument("--losses", required=True, help="rows: run, step, test_id, loss")
-    fp.add_argument(
-        "--curricula", required=True, help="rows: run, step, train_ids [, learning_rate]"
-    )
+    for name in IMPORTERS:
+        importer = IMPORTERS.get(name)
+        fp = formats.add_parser(name, help=importer.help)
+        for item in importer.inputs:
+            item.add_to(fp)
     for fp in formats.choices.values():  # the pool, where the files do not carry it
         ids = "one a line, or a JSON list"
         fp.add_argument("--train_ids", metavar="FILE", help=f"the pool of training ids in "
