@@ -655,12 +655,13 @@ def test_checkpoint_storage_failure_is_wrapped_without_tmpfs(tmp_path, factory, 
 _SAVER = """
 import sys
 import numpy as np
-import simfluence_jax.io as sio
+import simfluence_jax.io.files as files
 from simfluence_jax.simulators.io import save_simulator
 from simfluence_jax.simulators.linear import LinearSimulator
 
 path, exchange, mode = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
-sio.USE_EXCHANGE = exchange
+if not exchange:  # as on a system without renameat2(RENAME_EXCHANGE): rename aside instead
+    files._exchange = lambda a, b: False
 sims = [LinearSimulator(A=np.full((40, 3000), v, np.float32), B=np.full((40, 3000), v, np.float32),
                         seen=np.ones(3000, bool)) for v in (1.0, 2.0)]
 save_simulator(sims[0], path)
