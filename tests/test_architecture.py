@@ -153,8 +153,8 @@ def test_every_core_module_exists_and_the_walk_finds_imports():
     imports = dict(_import_time_imports(ROOT / "fitting.py"))
     assert f"{PACKAGE}.solvers" in imports and "numpy" in imports
     assert len(_libraries()) > 10 and all("pipeline" not in str(p) for p in _libraries())
-    # Known violations are found: the CLI imports the pipeline at module level.
-    assert _violations([ROOT / "cli.py"], ("pipeline",))
+    # Known violations are found: the CLI's gin edge imports the pipeline at module level.
+    assert _violations([ROOT / "cli" / "gin_edge.py"], ("pipeline",))
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))

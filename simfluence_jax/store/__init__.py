@@ -61,12 +61,14 @@ from simfluence_jax.store.reader import RunStore, open_store
 from simfluence_jax.store.writer import RunWriter
 
 __all__ = [
+    "CREATE_WAIT",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "RunStore",
     "RunWriter",
     "StoreBusyError",
     "StoreWriteError",
+    "checkpoint_problem",
     "checkpoint_steps",
     "collect",
     "create_store",
