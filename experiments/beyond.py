@@ -49,7 +49,7 @@ import numpy as np
 
 import simfluence_jax as sj
 from experiments import beyond_report
-from simfluence_jax import lds, outputs, search
+from simfluence_jax import lds, search
 from simfluence_jax.evaluation import score
 from simfluence_jax.fitting import simulator_group
 from simfluence_jax.io import atomic_write
@@ -112,9 +112,9 @@ def _log(msg: str) -> None:
 
 def parse(argv):
     """``(Beyond, RunsConfig, FitConfig, operative config text)`` from the command line."""
-    from simfluence_jax import cli
+    from simfluence_jax.cli import gin_edge
 
-    return cli.parse_experiment(
+    return gin_edge.parse_experiment(
         argv, Beyond, description=__doc__.split("\n\n")[0], default_gin=GIN, flags=FLAGS,
         variant=("--small", SMALL_GIN, "tiny sizes"),
     )  # fmt: skip
@@ -251,14 +251,15 @@ def unseen_test_split(exp: Beyond, runs_fit, runs_val, heldout, features, *, see
 
 # Main ------------------------------------------------------------------------------------------
 def main(argv=None) -> Path:
+    from simfluence_jax.cli.gin_edge import claim_output
     from simfluence_jax.pipeline.generate import prepare
     from simfluence_jax.reports import write_report
     from simfluence_jax.reports.render import json_text
 
     exp, cfg, fit_cfg, config_text = parse(sys.argv[1:] if argv is None else argv)
     # One writer for the folder, refused if it holds files we did not write.
-    with outputs.claim(exp.output_dir, command="python -m experiments.beyond") as out:
-        atomic_write(out / "operative_config.gin", config_text)
+    command = "python -m experiments.beyond"
+    with claim_output(exp.output_dir, command=command, config_text=config_text) as out:
         if cfg.subset_size is None:
             raise ValueError("beyond needs RunsConfig.subset_size (each run a random subset)")
         timings: dict[str, float] = {}

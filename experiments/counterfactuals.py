@@ -112,9 +112,9 @@ def _log(msg: str) -> None:
 
 def parse(argv):
     """``(Counterfactuals, RunsConfig, FitConfig, operative config text)``."""
-    from simfluence_jax import cli
+    from simfluence_jax.cli import gin_edge
 
-    return cli.parse_experiment(
+    return gin_edge.parse_experiment(
         argv, Counterfactuals, description=__doc__.split("\n\n")[0], default_gin=GIN, flags=FLAGS,
         variant=("--tiny", TINY_GIN, "CI sizes"),
     )  # fmt: skip
@@ -537,6 +537,7 @@ def main(argv=None) -> Path:
     import simfluence_jax as sj
     from simfluence_jax import attribution, lds
     from simfluence_jax import counterfactuals as cf
+    from simfluence_jax.cli.gin_edge import write_operative_config
     from simfluence_jax.fitting import DEFAULT_L2_GRID, fit_simulator
     from simfluence_jax.io import atomic_write, make_dirs
     from simfluence_jax.pipeline import study
@@ -546,7 +547,7 @@ def main(argv=None) -> Path:
 
     exp, cfg, fit_cfg, config_text = parse(sys.argv[1:] if argv is None else argv)
     out = make_dirs(exp.output_dir)
-    atomic_write(out / "operative_config.gin", config_text)
+    write_operative_config(out, config_text)
     timings: dict[str, float] = {}
 
     # 1. Runs and fits.

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 import simfluence_jax as sj
-from simfluence_jax import outputs
 from simfluence_jax.io import atomic_write
 from simfluence_jax.pipeline import study
 
@@ -50,7 +49,7 @@ class Fidelity:
 
 
 def parse(argv) -> tuple[Fidelity, str, list[str] | None]:
-    from simfluence_jax import cli
+    from simfluence_jax.cli import gin_edge
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gin_file", action="append", default=None)
@@ -62,8 +61,8 @@ def parse(argv) -> tuple[Fidelity, str, list[str] | None]:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     import gin
 
-    cli.register_configurable(Fidelity)
-    cli.parse_gin([cli.find_gin_file(f) for f in (args.gin_file or [GIN])], bindings)
+    gin_edge.register_configurable(Fidelity)
+    gin_edge.parse_gin([gin_edge.find_gin_file(f) for f in (args.gin_file or [GIN])], bindings)
     fid = gin.get_configurable("Fidelity")()
     text = gin.operative_config_str()
     names = None if args.rows is None else [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -76,10 +75,12 @@ def parse(argv) -> tuple[Fidelity, str, list[str] | None]:
 
 def row_config(row: Mapping[str, Any]):
     """The ``RunsConfig`` of one row (its gin files, then its bindings)."""
-    from simfluence_jax import cli
+    from simfluence_jax.cli import gin_edge
 
-    cli.parse_gin([cli.find_gin_file(f) for f in row["gin"]], list(row.get("bindings", ())))
-    return cli.configs()[0]
+    gin_edge.parse_gin(
+        [gin_edge.find_gin_file(f) for f in row["gin"]], list(row.get("bindings", ()))
+    )
+    return gin_edge.configs()[0]
 
 
 def run_row(name: str, row: Mapping[str, Any], fid: Fidelity, out: Path) -> dict:
@@ -223,10 +224,12 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
+    from simfluence_jax.cli.gin_edge import claim_output
+
     fid, config_text, names = parse(sys.argv[1:] if argv is None else argv)
     # One writer for the folder, refused if it holds files we did not write.
-    with outputs.claim(fid.output_dir, command="python -m experiments.fidelity") as out:
-        atomic_write(out / "operative_config.gin", config_text)
+    command = "python -m experiments.fidelity"
+    with claim_output(fid.output_dir, command=command, config_text=config_text) as out:
         rows = {n: fid.rows[n] for n in (names or fid.rows)}
         results_file = out / "results.json"
         results = json.loads(results_file.read_text()) if results_file.exists() else {}

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 import simfluence_jax as sj
-from simfluence_jax import outputs
 from simfluence_jax.io import atomic_write
 from simfluence_jax.pipeline import study
 from simfluence_jax.runs import RunSet
@@ -56,12 +55,12 @@ INFLUENCE = {"influence": {"solver": "exact", "select": "head", "damping": 0.01}
 
 def runs_config(name: str):
     """The ``RunsConfig`` of one setting, read from the layered gin files."""
-    from simfluence_jax import cli
+    from simfluence_jax.cli import gin_edge
 
     gin_file, extra = SETTINGS[name]
-    files = [cli.find_gin_file(f) for f in (*BASE_GIN, gin_file)]
-    cli.parse_gin(files, [f"RunsConfig.num_runs = {NUM_RUNS}", *extra])
-    return cli.configs()[0]
+    files = [gin_edge.find_gin_file(f) for f in (*BASE_GIN, gin_file)]
+    gin_edge.parse_gin(files, [f"RunsConfig.num_runs = {NUM_RUNS}", *extra])
+    return gin_edge.configs()[0]
 
 
 def make_runs(name: str, cache: Path):
@@ -179,15 +178,15 @@ def main(argv=None) -> int:
     unknown = sorted(set(names) - set(SETTINGS))
     if unknown:
         raise SystemExit(f"unknown settings {unknown}; known: {', '.join(SETTINGS)}")
-    from simfluence_jax import cli
+    from simfluence_jax.cli import gin_edge
 
     # One writer for --out, refused if it holds files we did not write; written atomically.
-    with outputs.claim(args.out, command="python -m experiments.optimizers") as out:
+    with gin_edge.claim_output(args.out, command="python -m experiments.optimizers") as out:
         results, configs = {}, []
         for name in names:
             t0 = time.perf_counter()
             runs, grads = make_runs(name, Path(args.cache))
-            configs.append(f"# setting {name!r}\n{cli.operative_config()}")
+            configs.append(f"# setting {name!r}\n{gin_edge.operative_config()}")
             print(
                 f"[optimizers] {name}: runs and gradients ready ({time.perf_counter() - t0:.0f} s)"
             )
@@ -195,7 +194,7 @@ def main(argv=None) -> int:
                 continue
             results[name] = analyse(name, runs, grads)
             print(f"[optimizers] {name}: fitted and scored in {results[name]['fit_seconds']:.0f} s")
-        atomic_write(out / "operative_config.gin", "\n".join(configs))
+        gin_edge.write_operative_config(out, "\n".join(configs))
         if results:
             atomic_write(out / "results.json", json.dumps(results, indent=1))
             atomic_write(out / "report.md", render(results))

@@ -149,14 +149,12 @@ def test_every_core_module_exists_and_the_walk_finds_imports():
     """The rules below would pass vacuously on a wrong path or a broken parser."""
     core = {_module_name(p) for p in _core()}
     for name in CORE:
-        if name == "io" and not (ROOT / "io.py").exists():
-            continue  # the shared atomic-write module, added by another change
         assert f"{PACKAGE}.{name}" in core, name
     imports = dict(_import_time_imports(ROOT / "fitting.py"))
     assert f"{PACKAGE}.solvers" in imports and "numpy" in imports
     assert len(_libraries()) > 10 and all("pipeline" not in str(p) for p in _libraries())
-    # Known violations are found: the CLI imports the pipeline at module level.
-    assert _violations([ROOT / "cli.py"], ("pipeline",))
+    # Known violations are found: the CLI's gin edge imports the pipeline at module level.
+    assert _violations([ROOT / "cli" / "gin_edge.py"], ("pipeline",))
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
@@ -167,3 +165,24 @@ def test_imports_point_one_way(rule):
 
 def test_models_do_not_import_data():
     assert not _violations(_modules("models"), ("data",))
+
+
+#: Most lines a file of the package may have: small modules, one concept each.
+MAX_LINES = 450
+#: Files allowed over ``MAX_LINES``. ``models/t5.py`` stays whole (the T5.1.1 model, its size
+#: table and its T5X checkpoint reading belong together); ``fitting.py`` and
+#: ``gradients/metagradient.py`` are being split and leave this list when they are.
+OVER_THE_LIMIT = {"models/t5.py", "fitting.py", "gradients/metagradient.py"}
+
+
+def test_files_stay_under_the_line_limit():
+    sizes = {
+        path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+        for path in ROOT.rglob("*.py")
+    }
+    assert len(sizes) > 50 and all(name in sizes for name in OVER_THE_LIMIT)
+    over = {name: n for name, n in sizes.items() if n > MAX_LINES}
+    new = {name: n for name, n in over.items() if name not in OVER_THE_LIMIT}
+    assert not new, f"over {MAX_LINES} lines (split them along their seams): {new}"
+    stale = sorted(OVER_THE_LIMIT - set(over))
+    assert not stale, f"now under {MAX_LINES} lines; take them off OVER_THE_LIMIT: {stale}"

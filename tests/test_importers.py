@@ -17,16 +17,21 @@ import numpy as np
 import pytest
 
 from simfluence_jax import cli, fit_simulator
+from simfluence_jax import importers as importers_pkg
 from simfluence_jax.importers import (
     GPTFLUENCE_BATCHES,
     GPTFLUENCE_LOSSES,
     GPTFLUENCE_MANIFEST,
+    IMPORTERS,
+    Importer,
+    Input,
     find_run_dirs,
     read_gptfluence,
     read_ids,
     read_long,
     write_gptfluence,
 )
+from simfluence_jax.registry import Registry
 from simfluence_jax.runs import RunSet
 from simfluence_jax.synthetic import make_problem
 
@@ -703,3 +708,31 @@ def test_cli_import_takes_the_pool_from_files(tmp_path, sparse):
     argv = ["import", "gptfluence", *map(str, dirs), "--train_ids", str(pool)]
     assert cli.main([*argv, "--out", str(tmp_path / "g_imported")]) == 0
     _assert_exact(RunSet.load(tmp_path / "g_imported"), dataclasses.replace(sparse, metadata={}))
+
+
+def test_the_cli_offers_every_registered_importer_and_calls_it(tmp_path, source, monkeypatch):
+    """``simfluence import`` reads its formats from ``IMPORTERS``: a format registered there
+    (here a toy one reading a saved run set) is a subcommand with its inputs and the pool
+    options, and its reader gets the files and options given."""
+    assert IMPORTERS.names() == ["gptfluence", "long"]
+    assert IMPORTERS.get("long").read is read_long
+    calls = []
+
+    def read_saved(folder, *, pad, train_ids, test_ids, batch_size):
+        calls.append((folder, pad, train_ids, test_ids, batch_size))
+        return RunSet.load(folder)
+
+    registry = Registry("importer")
+    for name in IMPORTERS:
+        registry.register(name)(IMPORTERS.get(name))
+    registry.register("saved")(
+        Importer(read=read_saved, help="a saved run set", inputs=(Input("--folder", "its path"),))
+    )
+    monkeypatch.setattr(importers_pkg, "IMPORTERS", registry)
+    source.save(tmp_path / "src")
+    argv = ["import", "saved", "--folder", str(tmp_path / "src"), "--batch_size", "9"]
+    assert cli.main([*argv, "--pad", "--out", str(tmp_path / "out")]) == 0
+    assert calls == [(str(tmp_path / "src"), True, None, None, 9)]
+    _assert_same(RunSet.load(tmp_path / "out"), source)
+    with pytest.raises(SystemExit):  # the option is required, as its Input says
+        cli.main(["import", "saved", "--out", str(tmp_path / "x")])

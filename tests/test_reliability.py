@@ -25,6 +25,7 @@ from run_factory_worker import NUM_STEPS, NUM_TEST, NUM_TRAIN, toy_factory, toy_
 from simfluence_jax import cli
 from simfluence_jax import counterfactuals as cf
 from simfluence_jax import io as sio
+from simfluence_jax.cli import entry as cli_entry
 from simfluence_jax.locks import FileLock, StoreBusyError
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.io import load_simulator, save_simulator
@@ -535,7 +536,7 @@ def test_cli_storage_and_permission_errors_say_so(saved, capsys, monkeypatch):
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "x.npz"))
 
-    monkeypatch.setattr(cli, "cmd_fit", full)
+    monkeypatch.setattr(cli_entry, "cmd_fit", full)  # the parser binds it there
     code, err = _cli(capsys, "fit", "--runs", str(runs), "--out", str(tmp / "o"))
     assert code == 1 and len(err) == 1
     assert "No space left on device writing" in err[0] and "free there" in err[0]
@@ -655,12 +656,13 @@ def test_checkpoint_storage_failure_is_wrapped_without_tmpfs(tmp_path, factory, 
 _SAVER = """
 import sys
 import numpy as np
-import simfluence_jax.io as sio
+import simfluence_jax.io.files as files
 from simfluence_jax.simulators.io import save_simulator
 from simfluence_jax.simulators.linear import LinearSimulator
 
 path, exchange, mode = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
-sio.USE_EXCHANGE = exchange
+if not exchange:  # as on a system without renameat2(RENAME_EXCHANGE): rename aside instead
+    files._exchange = lambda a, b: False
 sims = [LinearSimulator(A=np.full((40, 3000), v, np.float32), B=np.full((40, 3000), v, np.float32),
                         seen=np.ones(3000, bool)) for v in (1.0, 2.0)]
 save_simulator(sims[0], path)

@@ -207,15 +207,15 @@ def test_few_test_examples_share_roles(problem, tmp_path):
 
 
 def test_cli_reads_a_verdict_file(tmp_path):
-    from simfluence_jax.cli import _read_verdict
+    from simfluence_jax.cli.common import read_verdict
 
-    assert _read_verdict(None) is None
+    assert read_verdict(None) is None
     (tmp_path / "v.json").write_text(json.dumps({"slope": 0.4, "lds": 0.75}))
-    assert _read_verdict(tmp_path / "v.json") == {"slope": 0.4, "lds": 0.75}
+    assert read_verdict(tmp_path / "v.json") == {"slope": 0.4, "lds": 0.75}
     (tmp_path / "v.txt").write_text("Checked on 4 curricula: slope 0.4.\n")
-    assert _read_verdict(tmp_path / "v.txt") == "Checked on 4 curricula: slope 0.4."
+    assert read_verdict(tmp_path / "v.txt") == "Checked on 4 curricula: slope 0.4."
     with pytest.raises(ValueError, match="--attribution_verdict"):
-        _read_verdict(tmp_path / "missing.json")
+        read_verdict(tmp_path / "missing.json")
 
 
 def test_only_effects_of_the_direction_sign_are_listed():

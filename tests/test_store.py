@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from run_factory_worker import NUM_STEPS, NUM_TEST, NUM_TRAIN, toy_factory, toy_plan
 
-from simfluence_jax import io as sio
+from simfluence_jax.io import files as sio_files
 from simfluence_jax.store import (
     StoreWriteError,
     checkpoint_steps,
@@ -150,20 +150,20 @@ def test_simulated_full_disk_is_a_clear_error_and_keeps_completed_runs(
     tmp_path, monkeypatch, factory, plan, reference
 ):
     store = new_store(tmp_path / "s", factory, plan)
-    real = sio.atomic_write
+    real = sio_files.atomic_write  # where atomic_json finds it
 
     def full_disk(path, data, **kwargs):
         if "run_000002" in str(path) and path.name == "progress.json" and b'"rows": 5' in data:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data, **kwargs)
 
-    monkeypatch.setattr(sio, "atomic_write", full_disk)
+    monkeypatch.setattr(sio_files, "atomic_write", full_disk)
     with pytest.raises(StoreWriteError, match=r"loss rows of run 2 .*No space left on device"):
         produce_runs(factory, store, **PRODUCE)
     assert store.complete_runs() == [0, 1]
     np.testing.assert_array_equal(collect(store.path).losses, reference[:2])
 
-    monkeypatch.setattr(sio, "atomic_write", real)  # space freed: resume
+    monkeypatch.setattr(sio_files, "atomic_write", real)  # space freed: resume
     produce_runs(factory, store, **PRODUCE)
     np.testing.assert_array_equal(collect(store.path, require_all=True).losses, reference)
 
