@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import simfluence_jax as sj
-from experiments import beyond, counterfactuals, fidelity, filter_kernel
+from experiments import beyond, comparison, counterfactuals, fidelity, filter_kernel
 from simfluence_jax import cli
 from simfluence_jax.pipeline import config as cfgs
 
@@ -19,6 +19,7 @@ cli.register_configurable(beyond.Beyond)
 cli.register_configurable(fidelity.Fidelity)
 cli.register_configurable(counterfactuals.Counterfactuals)
 cli.register_configurable(filter_kernel.FilterKernel)
+cli.register_configurable(comparison.Comparison)
 #: What the files marked "Requires: <binding>" need bound to parse on their own.
 REQUIRED = {
     "base.gin": ["Experiment.output_dir = '/tmp/x'"],
