@@ -5,8 +5,8 @@
   slot's weight at ``1 +- 1e-4`` (``Replay.losses(weights=...)``; in float32 at ``w = 1``
   it is the factory's logged run), at every step, under SGD and under AdamW with warm-up
   and decay, to 1e-6 of the largest response; chunks of slots at different steps (the
-  chunk starts at its earliest step, the last chunk padded) equal one-hot
-  ``Replay.trajectory_jvp`` passes.
+  chunk starts at its earliest step, the last chunk padded, a horizon stops it early) equal
+  one-hot ``Replay.trajectory_jvp`` passes.
 * The summaries on hand-built responses: a geometric increment gives back its ``mu`` and
   ``after_fraction``; a response peaking one lag late is reported at lag 1; sign alignment,
   the ``|X_0|`` weights, the learning-rate ratio, quantiles, bins, ``load_shape``.
@@ -93,6 +93,12 @@ def test_chunks_equal_one_hot_forward_passes():
             v[s, b] = 1.0
             _, tangent = replay.trajectory_jvp(CURRICULUM, SEED, v)
             np.testing.assert_allclose(ir.response[n], tangent, rtol=1e-9, atol=1e-14)
+        # With a horizon a chunk stops after the last lag its slots need (here steps 0 and 2
+        # share a chunk: rows up to 2 + 1 + 1); the rest is NaN, never a made-up value.
+        short = impulse_responses(replay, CURRICULUM, SEED, slots, chunk=2, horizon=1)
+        np.testing.assert_allclose(short.response[1:, :5], ir.response[1:, :5], rtol=1e-12)
+        assert np.isnan(short.response[1:, 5:]).all()
+        np.testing.assert_allclose(short.response[0], ir.response[0], rtol=1e-12)
         # Under a linear warm-up the first update has rate 0: the slot moves nothing at once,
         # yet AdamW's moments carry it into the later updates.
         assert np.all(ir.response[1, 1] == 0) and np.abs(ir.response[1, 2:]).max() > 1e-4
@@ -118,6 +124,8 @@ def test_slot_sampling_and_bad_inputs():
         impulse_responses(replay, CURRICULUM, SEED, [[1, 0]], chunk=0)
     with pytest.raises(ValueError, match="seed"):
         impulse_responses(replay, CURRICULUM, 1.5, [[1, 0]])
+    with pytest.raises(ValueError, match="horizon"):
+        impulse_responses(replay, CURRICULUM, SEED, [[1, 0]], horizon=-1)
 
 
 # Summaries on hand-built responses ------------------------------------------------------------

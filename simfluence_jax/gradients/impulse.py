@@ -16,7 +16,8 @@ Each response is one forward-mode pass (``jax.jvp``) along the one-hot direction
 slot, through the factory's own update (``Replay``); the directions of ``chunk`` slots are
 ``vmap``-ed together so that the run itself (the primal) is computed once per chunk. A chunk
 starts differentiating at its earliest step ``s0``: the steps before it only train (no test
-losses, no tangents), since no direction of the chunk touches them. The summaries of these
+losses, no tangents), since no direction of the chunk touches them; with a ``horizon`` it
+stops after the last lag any of its slots needs. The summaries of these
 arrays (normalised shapes, geometric fits) are ``simfluence_jax.impulse_shape``.
 """
 
@@ -40,7 +41,7 @@ class ImpulseResponses:
       slots: ``int32[S, 2]`` the slots ``(s, b)``: 0-based step and position in the batch.
       ids: ``int32[S]`` the training id at each slot.
       response: ``float[S, T+1, M]`` ``R[n, t, j] = dL_t[j] / dw[s_n, b_n]`` (zero for
-        ``t <= s_n``).
+        ``t <= s_n``; NaN for rows past the last one computed, when a horizon was given).
       losses: ``float[T+1, M]`` the run's test losses (``w = 1``).
       learning_rates: ``float32[T]`` the rate of each step (entry ``t`` is update ``t+1``).
       seed: the run's seed.
@@ -83,14 +84,14 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _chunk_fn(replay):
-    """The jitted ``(w, V, s0, seed, batches, data) -> (losses, tangents)`` of ``replay``:
-    ``V float[C, T, B]`` directions that are zero before step ``s0``; ``tangents
-    float[C, T+1, M]`` (rows ``0..s0`` zero), ``losses float[T+1, M]`` (rows ``0..s0`` zero:
-    they are not computed)."""
+    """The jitted ``(w, V, s0, t_end, seed, batches, data) -> (losses, tangents)`` of
+    ``replay``: ``V float[C, T, B]`` directions that are zero before step ``s0``; ``tangents
+    float[C, T+1, M]`` and ``losses float[T+1, M]`` computed for rows ``s0+1..t_end`` only
+    (0-based steps ``s0..t_end-1``; the other rows are zero)."""
     if replay in _COMPILED:
         return _COMPILED[replay]
 
-    def run(w, V, s0, seed, batches, data):
+    def run(w, V, s0, t_end, seed, batches, data):
         T = batches.shape[0]
         steps = jnp.arange(T)
         M = replay.num_test
@@ -113,7 +114,7 @@ def _chunk_fn(replay):
                 def idle(st):
                     return st, jnp.zeros((M,), w_.dtype)
 
-                return jax.lax.cond(t >= s0, live, idle, state)
+                return jax.lax.cond((t >= s0) & (t < t_end), live, idle, state)
 
             losses = jax.lax.scan(step, state_s0, (steps, batches, w_))[1]
             return jnp.concatenate([jnp.zeros((1, M), losses.dtype), losses])
@@ -137,6 +138,7 @@ def impulse_responses(
     *,
     num_slots: int = 16,
     chunk: int = 4,
+    horizon: int | None = None,
     progress: bool = False,
 ) -> ImpulseResponses:
     """The impulse responses of ``slots`` of the run ``(batches, seed)`` (module docstring).
@@ -149,6 +151,8 @@ def impulse_responses(
         num_slots)``).
       num_slots: slots sampled when ``slots`` is not given.
       chunk: slots differentiated together (one primal run per chunk; memory grows with it).
+      horizon: compute each slot's response for lags ``0..horizon`` at least (rows up to
+        ``s + 1 + horizon``) and stop there; default: to the end of the run.
       progress: show a progress bar over the slots.
 
     Returns:
@@ -166,6 +170,10 @@ def impulse_responses(
         raise ValueError(f"the run's seed must be an integer, got {seed!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    if horizon is not None and (
+        isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 0
+    ):
+        raise ValueError(f"horizon must be a nonnegative integer or None, got {horizon!r}")
     slots = sample_slots(b, num_slots) if slots is None else np.asarray(slots)
     if slots.ndim != 2 or slots.shape[1] != 2 or len(slots) == 0 or slots.dtype.kind not in "iu":
         raise ValueError(f"slots must be int[S, 2] pairs (step, position), got {slots.shape}")
@@ -180,7 +188,8 @@ def impulse_responses(
     w = jnp.ones((T, B), dtype)
     seed_arr = jnp.asarray(np.asarray(seed).astype(np.uint32))
     order = np.argsort(s, kind="stable")
-    out = np.zeros((len(slots), T + 1, replay.num_test), np.dtype(dtype))
+    out = np.full((len(slots), T + 1, replay.num_test), np.nan, np.dtype(dtype))
+    computed = np.zeros((len(slots), T + 1), bool)
     from simfluence_jax.training.loop import progress_bar
 
     with progress_bar(len(slots), progress) as bar:
@@ -189,11 +198,14 @@ def impulse_responses(
             padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])])
             V = np.zeros((chunk, T, B), np.dtype(dtype))
             V[np.arange(chunk), s[padded], p[padded]] = 1.0
-            s0 = jnp.asarray(int(s[idx].min()), jnp.int32)
-            _, tangents = fn(w, jnp.asarray(V), s0, seed_arr, jnp.asarray(b), replay.data)
-            out[idx] = np.asarray(tangents)[: len(idx)]
+            t_end = T if horizon is None else min(T, int(s[idx].max()) + 1 + int(horizon))
+            s0, t_end_arr = jnp.asarray(int(s[idx].min())), jnp.asarray(t_end)
+            args = (w, jnp.asarray(V), s0, t_end_arr, seed_arr, jnp.asarray(b), replay.data)
+            tangents = np.asarray(fn(*args)[1])[: len(idx)]
+            out[idx, : t_end + 1] = tangents[:, : t_end + 1]
+            computed[idx, : t_end + 1] = True
             bar.update(len(idx))
-    if not np.all(np.isfinite(out)):
+    if not np.all(np.isfinite(out[computed])):
         raise ValueError("the impulse response is not finite: a derivative through the run is "
                          "undefined (see gradients.metagradient)")  # fmt: skip
     return ImpulseResponses(
