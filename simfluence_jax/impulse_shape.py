@@ -214,8 +214,9 @@ def summarize(response, steps, losses, learning_rates, *, horizon: int) -> dict:
     Args:
       response: ``float[S, T+1, M]`` the impulse responses.
       steps: ``int[S]`` each slot's 0-based step.
-      losses: ``float[T+1, M]`` the run's losses (for the loss-level bins: row ``s``).
-      learning_rates: ``float[T]`` the rate of each update.
+      losses: ``float[T+1, M]`` the run's losses (for the loss-level bins: row ``s``), or
+        ``float[S, T+1, M]`` each slot's run's (slots pooled over runs of one setting).
+      learning_rates: ``float[T]`` the rate of each update (the runs share a schedule).
       horizon: the last lag ``K``.
 
     Returns:
@@ -229,8 +230,13 @@ def summarize(response, steps, losses, learning_rates, *, horizon: int) -> dict:
     X, valid = lag_increments(response, steps, horizon)
     s = np.asarray(steps).reshape(-1)
     L = np.asarray(losses, np.float64)
-    if L.shape != np.asarray(response).shape[1:]:
-        raise ValueError(f"losses must be [T+1, M] = {np.asarray(response).shape[1:]}")
+    shape = np.asarray(response).shape
+    if L.shape == shape[1:]:
+        before = L[s]  # [S, M]: each test loss before the slot's update
+    elif L.shape == shape:
+        before = L[np.arange(len(s)), s]
+    else:
+        raise ValueError(f"losses must be [T+1, M] or [S, T+1, M] for responses {shape}")
     complete = np.flatnonzero(valid.all(axis=1))
     if not len(complete):
         raise ValueError(
@@ -245,7 +251,7 @@ def summarize(response, steps, losses, learning_rates, *, horizon: int) -> dict:
         for name, rows in zip(("early", "middle", "late"), thirds, strict=True)
         if len(rows)
     }
-    out["by_loss"] = _bins(X, L[s], complete)
+    out["by_loss"] = _bins(X, before, complete)
     per_slot = []
     for n in range(len(s)):
         h = mean_shape(X[n : n + 1], valid[n : n + 1])

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import simfluence_jax as sj
-from experiments import beyond, counterfactuals, fidelity
+from experiments import beyond, counterfactuals, fidelity, impulse_responses
 from simfluence_jax import cli
 from simfluence_jax.pipeline import config as cfgs
 
@@ -18,11 +18,16 @@ ALL_GIN = sorted(GIN_DIR.rglob("*.gin"))
 cli.register_configurable(beyond.Beyond)
 cli.register_configurable(fidelity.Fidelity)
 cli.register_configurable(counterfactuals.Counterfactuals)
+cli.register_configurable(impulse_responses.ImpulseStudy)
 #: What the files marked "Requires: <binding>" need bound to parse on their own.
 REQUIRED = {
     "base.gin": ["Experiment.output_dir = '/tmp/x'"],
     "tiny_test.gin": ["Experiment.output_dir = '/tmp/x'"],
     "fidelity_tiny.gin": ["Fidelity.output_dir = '/tmp/x'", "Fidelity.cache_dir = '/tmp/x'"],
+    "impulse_responses_tiny.gin": [
+        "ImpulseStudy.output_dir = '/tmp/x'",
+        "ImpulseStudy.cache_dir = '/tmp/x'",
+    ],
 }
 
 
