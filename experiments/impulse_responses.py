@@ -44,13 +44,14 @@ GIN = "experiments/impulse_responses.gin"
 @dataclasses.dataclass(frozen=True)
 class ImpulseStudy:
     """The study: ``settings`` maps a name to ``{"gin": [files], "bindings": [...],
-    "label": str}`` (the setting's runs are the ``RunsConfig`` those files give).
+    "label": str, "num_slots": int}`` (the setting's runs are the ``RunsConfig`` those files
+    give; only ``"gin"`` is required).
 
     Attributes:
       output_dir: summaries, figure, report, operative config, cached responses.
       cache_dir: the shared run cache.
       runs: logged runs per setting.
-      num_slots: slots per run.
+      num_slots: slots per run (a setting's ``"num_slots"`` overrides it).
       horizon: the last lag ``K`` summarised (slots are placed where all ``K`` lags exist).
       chunk: slots differentiated together.
       slot_seed: seed of the slot positions.
@@ -106,22 +107,25 @@ def setting_config(setting: Mapping[str, Any], runs: int):
     return cli.configs()[0]
 
 
-def _key(cfg, study: ImpulseStudy) -> str:
+def _key(cfg, study: ImpulseStudy, num_slots: int) -> str:
     blob = json.dumps(
-        {"runs": dataclasses.asdict(cfg), "num_slots": study.num_slots,
+        {"runs": dataclasses.asdict(cfg), "num_slots": num_slots,
          "horizon": study.horizon, "slot_seed": study.slot_seed},
         sort_keys=True, default=str,
     ).encode()  # fmt: skip
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def measure(name: str, cfg, study: ImpulseStudy, out: Path) -> tuple[list[dict], dict]:
-    """The impulse responses of every run of one setting (cached), and its run metadata."""
+def measure(
+    name: str, cfg, study: ImpulseStudy, out: Path, *, num_slots: int
+) -> tuple[list[dict], dict]:
+    """The impulse responses of ``num_slots`` slots of every run of one setting (cached),
+    and its run metadata."""
     from simfluence_jax.io import atomic_write, make_dirs
 
     folder = make_dirs(out / "responses")
-    files = [folder / f"{name}-{_key(cfg, study)}-run{r}.npz" for r in range(study.runs)]
-    meta_file = folder / f"{name}-{_key(cfg, study)}.json"
+    files = [folder / f"{name}-{_key(cfg, study, num_slots)}-run{r}.npz" for r in range(study.runs)]
+    meta_file = folder / f"{name}-{_key(cfg, study, num_slots)}.json"
     if all(f.exists() for f in files) and meta_file.exists():
         loaded = [dict(np.load(f, allow_pickle=False)) for f in files]
         return loaded, json.loads(meta_file.read_text())
@@ -142,7 +146,7 @@ def measure(name: str, cfg, study: ImpulseStudy, out: Path) -> tuple[list[dict],
         T = batches.shape[0]
         if study.horizon > T - 1:
             raise ValueError(f"horizon {study.horizon} leaves no slot in a run of {T} steps")
-        slots = sample_slots(batches, study.num_slots, seed=study.slot_seed + r,
+        slots = sample_slots(batches, num_slots, seed=study.slot_seed + r,
                              last_step=T - 1 - study.horizon)  # fmt: skip
         ir = impulse_responses(replay, batches, seed, slots, chunk=study.chunk,
                                horizon=study.horizon, progress=True)  # fmt: skip
@@ -232,23 +236,24 @@ def render(table: Mapping[str, dict], labels: Mapping[str, str], study: ImpulseS
     lines = [
         "# Impulse responses under each optimizer",
         "",
-        f"Exact forward-mode derivatives of every test loss after every step with respect to the "
-        f"weight of one training slot; {study.num_slots} slots per run, {study.runs} run(s) per "
-        f"setting, lags 0..{K}. Shapes are normalised by the lag-0 increment per (slot, test), "
+        "Exact forward-mode derivatives of every test loss after every step with respect to "
+        f"the weight of one training slot; {study.runs} run(s) per setting, lags 0..{K}. "
+        "Shapes are normalised by the lag-0 increment per (slot, test), "
         "sign-aligned and weighted by |lag-0| (simfluence_jax/impulse_shape.py).",
         "",
-        "| setting | loss change | mu (geometric) | rel. rmse | mu (lr-scaled) | "
-        f"level at {K} / lag 0 | after lag 0 | peak lag | negative share | lag 1 [q10, q90] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | slots | loss change | mu (geometric) | rel. rmse | mu (lr-scaled) | "
+        f"level at {K} / lag 0 | after lag 0 | peak lag | level peak lag | negative share | "
+        "lag 1 [q10, q90] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in table.items():
         q = s["quantiles"]
         lag1 = f"{s['mean_shape'][1]:.2f} [{q['q10'][1]:.2f}, {q['q90'][1]:.2f}]"
         lines.append(
-            f"| {labels.get(name, name)} | {_f(s['loss_change'], 3)} | {_f(s['mu'])} | "
-            f"{_f(s['mu_rel_rmse'])} | {_f(s['mu_lr'])} | {_f(s['total_over_first'])} | "
-            f"{_f(s['after_fraction'])} | {s['peak_lag']} | {_f(s['negative_fraction_abs'])} | "
-            f"{lag1} |"
+            f"| {labels.get(name, name)} | {s['num_slots']} | {_f(s['loss_change'], 3)} | "
+            f"{_f(s['mu'])} | {_f(s['mu_rel_rmse'])} | {_f(s['mu_lr'])} | "
+            f"{_f(s['total_over_first'])} | {_f(s['after_fraction'])} | {s['peak_lag']} | "
+            f"{s['level_peak_lag']} | {_f(s['negative_fraction_abs'])} | {lag1} |"
         )
     lines += ["", "## Dependence on the step (thirds of the slots' steps)", "",
               "| setting | third | steps | level at K / lag 0 | after lag 0 | mu | peak lag |",
@@ -304,7 +309,8 @@ def main(argv=None) -> Path:
         for name, setting in chosen.items():
             t0 = time.perf_counter()
             cfg = setting_config(setting, study.runs)
-            results, meta = measure(name, cfg, study, out)
+            n = int(setting.get("num_slots", study.num_slots))
+            results, meta = measure(name, cfg, study, out, num_slots=n)
             table[name] = summarize_setting(results, meta, study.horizon)
             table[name]["label"] = labels[name]
             s = table[name]

@@ -28,9 +28,10 @@ quantiles of the per-pair ratios. Only slots whose whole horizon ``K`` lies insi
 Numbers reported (``summarize``): ``total_over_first = sum_k h[k]`` (the effect at the
 horizon over the immediate effect), ``after_fraction = 1 - 1 / total_over_first`` (the share
 of the effect at the horizon that arrives after the step itself), the share of
-``sum_k |h[k]|`` after lag 0, the peak lag (``argmax h``), and the best geometric fit ``mu``
-(least squares of ``h`` against ``mu^k``, and against ``rbar_k mu^k`` with ``rbar_k`` the
-weighted mean learning-rate ratio ``eta[s+k] / eta[s]``: the kernel's ``lr_scaled`` form).
+``sum_k |h[k]|`` after lag 0, the peak lag (``argmax h``) and that of the level, and the
+best geometric fit ``mu`` (least squares of ``h`` against ``mu^k``, and against
+``rbar_k mu^k`` with ``rbar_k`` the weighted mean learning-rate ratio ``eta[s+k] / eta[s]``:
+the kernel's ``lr_scaled`` form).
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def fit_geometric(h, ratio=None) -> tuple[float, float]:
 
 def shape_numbers(h) -> dict[str, float]:
     """The scalar summaries of a mean shape ``h float[K+1]`` (``h[0] = 1``): the totals,
-    after-step fractions, peak and lowest lag, the geometric fit."""
+    after-step fractions, the peak and lowest lag of the increment, the lag where the level
+    (the effect on the loss) peaks, the geometric fit."""
     h = np.asarray(h, np.float64)
     h = h[np.isfinite(h)]
     total = float(h.sum())
@@ -160,6 +162,7 @@ def shape_numbers(h) -> dict[str, float]:
         "negative_fraction_abs": float(np.abs(h[h < 0]).sum() / absolute) if absolute else 0.0,
         "peak_lag": int(np.argmax(h)),
         "lowest_lag": int(np.argmin(h)),
+        "level_peak_lag": int(np.argmax(np.cumsum(h))),
         "mu": mu,
         "mu_rel_rmse": rel,
     }

@@ -149,7 +149,7 @@ def test_a_geometric_response_gives_back_its_mu():
     np.testing.assert_allclose(out["mean_shape"], mu ** np.arange(K + 1), rtol=1e-12)
     np.testing.assert_allclose(out["level_shape"], np.cumsum(mu ** np.arange(K + 1)))
     assert out["mu"] == pytest.approx(mu) and out["mu_lr"] == pytest.approx(mu)
-    assert out["mu_rel_rmse"] < 1e-9 and out["peak_lag"] == 0
+    assert out["mu_rel_rmse"] < 1e-9 and out["peak_lag"] == 0 and out["level_peak_lag"] == K
     total = (1 - mu ** (K + 1)) / (1 - mu)
     assert out["total_over_first"] == pytest.approx(total)
     assert out["after_fraction"] == pytest.approx(1 - 1 / total)
@@ -171,7 +171,7 @@ def test_a_late_peak_a_sign_change_and_the_weights():
     # Sign-aligned, |X_0|-weighted: slot 0 contributes 4 * late, slot 1 contributes [2, 0...].
     want = (4 * late + np.r_[2.0, np.zeros(K)]) / 6
     np.testing.assert_allclose(out["mean_shape"], want, rtol=1e-12)
-    assert out["peak_lag"] == 1 and out["lowest_lag"] == 3
+    assert out["peak_lag"] == 1 and out["lowest_lag"] == 3 and out["level_peak_lag"] == 2
     assert out["negative_fraction_abs"] == pytest.approx(
         np.abs(want[3:]).sum() / np.abs(want).sum()
     )
