@@ -231,63 +231,71 @@ def _f(x, digits=2) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+SHAPE_HEADER = "level at K / lag 0 | level peak / lag 0 (lag) | abs. share after lag 0 | mu"
+
+
+def _shape_cells(g: Mapping[str, Any]) -> str:
+    """The columns of ``SHAPE_HEADER`` for one summary."""
+    if g.get("mean_shape") is None or "mu" not in g:
+        return "n/a | n/a | n/a | n/a"
+    return (
+        f"{_f(g['total_over_first'])} | {_f(g['level_peak'])} ({g['level_peak_lag']}) | "
+        f"{_f(g['after_fraction_abs'])} | {_f(g['mu'])}"
+    )
+
+
 def render(table: Mapping[str, dict], labels: Mapping[str, str], study: ImpulseStudy) -> str:
     K = study.horizon
     lines = [
         "# Impulse responses under each optimizer",
         "",
         "Exact forward-mode derivatives of every test loss after every step with respect to "
-        f"the weight of one training slot; {study.runs} run(s) per setting, lags 0..{K}. "
-        "Shapes are normalised by the lag-0 increment per (slot, test), "
-        "sign-aligned and weighted by |lag-0| (simfluence_jax/impulse_shape.py).",
+        f"the weight of one training slot; {study.runs} run(s) per setting, lags K = 0..{K}. "
+        "Shapes are normalised by the lag-0 increment per (slot, test), sign-aligned and "
+        "weighted by |lag-0| (simfluence_jax/impulse_shape.py). Increment: the slot's effect "
+        "on one update's loss change; level: its effect on the loss (the cumulative sum). "
+        "mu: least-squares geometric fit of the increment shape (lr-scaled: times the mean "
+        "learning-rate ratio, the kernel's lr_scaled form).",
         "",
-        "| setting | slots | loss change | mu (geometric) | rel. rmse | mu (lr-scaled) | "
-        f"level at {K} / lag 0 | after lag 0 | peak lag | level peak lag | negative share | "
-        "lag 1 [q10, q90] |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| setting | slots | loss change | {SHAPE_HEADER} | fit rel. rmse | mu (lr-scaled) | "
+        "increment peak lag | negative share | lag 1 [q10, q90] | lag 8 [q10, q90] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in table.items():
-        q = s["quantiles"]
-        lag1 = f"{s['mean_shape'][1]:.2f} [{q['q10'][1]:.2f}, {q['q90'][1]:.2f}]"
+        q, h = s["quantiles"], s["mean_shape"]
+        at = [f"{h[k]:.2f} [{q['q10'][k]:.2f}, {q['q90'][k]:.2f}]" if k < len(h) else "n/a"
+              for k in (1, 8)]  # fmt: skip
         lines.append(
             f"| {labels.get(name, name)} | {s['num_slots']} | {_f(s['loss_change'], 3)} | "
-            f"{_f(s['mu'])} | {_f(s['mu_rel_rmse'])} | {_f(s['mu_lr'])} | "
-            f"{_f(s['total_over_first'])} | {_f(s['after_fraction'])} | {s['peak_lag']} | "
-            f"{s['level_peak_lag']} | {_f(s['negative_fraction_abs'])} | {lag1} |"
+            f"{_shape_cells(s)} | {_f(s['mu_rel_rmse'])} | {_f(s['mu_lr'])} | "
+            f"{s['peak_lag']} | {_f(s['negative_fraction_abs'])} | {at[0]} | {at[1]} |"
         )
     lines += ["", "## Dependence on the step (thirds of the slots' steps)", "",
-              "| setting | third | steps | level at K / lag 0 | after lag 0 | mu | peak lag |",
+              f"| setting | third | steps | {SHAPE_HEADER} |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, s in table.items():
         for third, g in s["by_step"].items():
-            if g.get("mean_shape") is None:
-                continue
             lines.append(
                 f"| {labels.get(name, name)} | {third} | {g['steps'][0]}-{g['steps'][-1]} | "
-                f"{_f(g['total_over_first'])} | {_f(g['after_fraction'])} | {_f(g['mu'])} | "
-                f"{g['peak_lag']} |"
+                f"{_shape_cells(g)} |"
             )
     lines += ["", "## Dependence on the test loss before the step (terciles)", "",
-              "| setting | tercile | loss range | mean lag-0 abs | level at K / lag 0 | "
-              "after lag 0 | mu |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+              f"| setting | tercile | loss range | mean abs lag-0 | {SHAPE_HEADER} |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, s in table.items():
         for b, g in s["by_loss"].items():
             lo, hi = g["loss_range"]
             lines.append(
                 f"| {labels.get(name, name)} | {b} | {lo:.2f}-{hi:.2f} | {g['lag0_abs']:.2e} | "
-                f"{_f(g.get('total_over_first'))} | {_f(g.get('after_fraction'))} | "
-                f"{_f(g.get('mu'))} |"
+                f"{_shape_cells(g)} |"
             )
-    lines += [
-        "",
-        "## Per slot: lag-0 size and shape against the step",
-        "",
-        "| setting | step: mean abs lag-0 effect, level at K / lag 0 |",
-        "|---|---|",
-    ]
+    lines += ["", "## Per slot: lag-0 size and the level at K against the step", "",
+              "| setting | step: mean abs effect at lag 0, at lag K; level at K / lag 0 |",
+              "|---|---|"]  # fmt: skip
     for name, s in table.items():
         cells = ", ".join(
-            f"{p['step']}: {p['lag0_abs']:.1e} / {_f(p.get('total_over_first'), 1)}"
+            f"{p['step']}: {p['lag0_abs']:.1e}, {p['level_abs']:.1e}; "
+            f"{_f(p.get('total_over_first'), 1)}"
             for p in s["per_slot"]
         )
         lines.append(f"| {labels.get(name, name)} | {cells} |")

@@ -162,6 +162,7 @@ def shape_numbers(h) -> dict[str, float]:
         "negative_fraction_abs": float(np.abs(h[h < 0]).sum() / absolute) if absolute else 0.0,
         "peak_lag": int(np.argmax(h)),
         "lowest_lag": int(np.argmin(h)),
+        "level_peak": float(np.max(np.cumsum(h))),
         "level_peak_lag": int(np.argmax(np.cumsum(h))),
         "mu": mu,
         "mu_rel_rmse": rel,
@@ -225,7 +226,8 @@ def summarize(response, steps, losses, learning_rates, *, horizon: int) -> dict:
     Returns:
       ``{"horizon", "num_slots", "num_complete", <the pooled group summary>, "by_step"
       (early / middle / late thirds of the complete slots' steps), "by_loss" (test losses
-      before the step in terciles), "per_slot" (every slot over its available lags)}``.
+      before the step in terciles), "per_slot" (every slot over its available lags, with
+      the mean absolute effect at lag 0 and at its last lag, unnormalised)}``.
 
     Raises:
       ValueError: for mismatched shapes, or when no slot has its whole horizon in the run.
@@ -259,7 +261,8 @@ def summarize(response, steps, losses, learning_rates, *, horizon: int) -> dict:
     for n in range(len(s)):
         h = mean_shape(X[n : n + 1], valid[n : n + 1])
         lags = int(valid[n].sum())
-        row = {"step": int(s[n]), "lags": lags, "lag0_abs": float(np.abs(X[n, 0]).mean())}
+        row = {"step": int(s[n]), "lags": lags, "lag0_abs": float(np.abs(X[n, 0]).mean()),
+               "level_abs": float(np.abs(X[n, :lags].sum(axis=0)).mean())}  # fmt: skip
         row["mean_shape"] = h[:lags].tolist()
         if np.isfinite(h[0]):
             row.update(shape_numbers(h[:lags]))
