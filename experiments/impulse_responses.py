@@ -19,7 +19,9 @@ with ``RunsConfig.num_runs = ImpulseStudy.runs`` and no checkpoints. For every s
    (thirds) and on the test loss before the step (terciles), the best geometric ``mu``.
 
 Writes ``impulse_responses.json`` (``{"optimizers": {setting: summary}}``, read by
-``impulse_shape.load_shape``), ``impulse_responses.png`` (one column per setting: the mean
+``impulse_shape.load_shape``), ``shapes.json`` (the same without the per-step, per-loss and
+per-slot breakdowns; a copy of the measured one is ``experiments/results/impulse_shapes.json``),
+``impulse_responses.png`` (one column per setting: the mean
 increment and level shapes with their 10-90% bands against the best geometric fits),
 ``report.md`` and ``operative_config.gin`` under ``output_dir``.
 """
@@ -39,6 +41,8 @@ from typing import Any
 import numpy as np
 
 GIN = "experiments/impulse_responses.gin"
+#: Summary keys left out of ``shapes.json`` (the pooled shapes only).
+PER_GROUP = ("by_step", "by_loss", "per_slot", "slots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +331,8 @@ def main(argv=None) -> Path:
         summary = {"study": {k: v for k, v in dataclasses.asdict(study).items()
                              if k != "settings"}, "optimizers": table}  # fmt: skip
         atomic_write(out / "impulse_responses.json", json_text(summary))
+        pooled = {n: {k: v for k, v in t.items() if k not in PER_GROUP} for n, t in table.items()}
+        atomic_write(out / "shapes.json", json_text({**summary, "optimizers": pooled}))
         figure(table, labels, out / "impulse_responses.png")
         atomic_write(out / "report.md", render(table, labels, study))
         _log(f"report written to {out}/report.md")

@@ -29,6 +29,7 @@ def test_tiny_study_end_to_end_and_cached(tmp_path):
         assert s["slots"][0][-1][0] <= 8 - 1 - 3  # every slot has all its lags
         h = load_shape(out / "impulse_responses.json", name)
         np.testing.assert_allclose(h, np.asarray(s["mean_shape"]) / s["mean_shape"][0], rtol=1e-6)
+        np.testing.assert_array_equal(load_shape(out / "shapes.json", name), h)
     assert data["optimizers"]["adamw"]["rate_ratio"] != [1.0] * 4  # warm-up and decay
     report = (out / "report.md").read_text()
     assert "SGD (tiny)" in report and (out / "impulse_responses.png").stat().st_size > 0
