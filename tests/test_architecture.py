@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 CORE = (
     "runs", "io", "registry", "sampling", "synthetic", "simulators", "solvers", "rollout",
     "fitting", "filter_fit", "evaluation", "metrics", "counterfactuals", "sharding", "lds",
-    "importers", "logger", "attribution",
+    "importers", "logger", "attribution", "impulse_shape",
 )  # fmt: skip
 #: Third-party packages of the training stack, which the core never imports.
 TRAINING_STACK = ("gin", "tensorflow", "flax", "optax", "orbax", "seqio")

@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 import simfluence_jax as sj
-from experiments import beyond, comparison, counterfactuals, fidelity, filter_kernel
+from experiments import (
+    beyond,
+    comparison,
+    counterfactuals,
+    fidelity,
+    filter_kernel,
+    impulse_responses,
+)
 from simfluence_jax import cli
 from simfluence_jax.pipeline import config as cfgs
 
@@ -20,11 +27,16 @@ cli.register_configurable(fidelity.Fidelity)
 cli.register_configurable(counterfactuals.Counterfactuals)
 cli.register_configurable(filter_kernel.FilterKernel)
 cli.register_configurable(comparison.Comparison)
+cli.register_configurable(impulse_responses.ImpulseStudy)
 #: What the files marked "Requires: <binding>" need bound to parse on their own.
 REQUIRED = {
     "base.gin": ["Experiment.output_dir = '/tmp/x'"],
     "tiny_test.gin": ["Experiment.output_dir = '/tmp/x'"],
     "fidelity_tiny.gin": ["Fidelity.output_dir = '/tmp/x'", "Fidelity.cache_dir = '/tmp/x'"],
+    "impulse_responses_tiny.gin": [
+        "ImpulseStudy.output_dir = '/tmp/x'",
+        "ImpulseStudy.cache_dir = '/tmp/x'",
+    ],
 }
 
 
