@@ -150,7 +150,7 @@ def test_every_core_module_exists_and_the_walk_finds_imports():
     core = {_module_name(p) for p in _core()}
     for name in CORE:
         assert f"{PACKAGE}.{name}" in core, name
-    imports = dict(_import_time_imports(ROOT / "fitting.py"))
+    imports = dict(_import_time_imports(ROOT / "fitting" / "ridge.py"))
     assert f"{PACKAGE}.solvers" in imports and "numpy" in imports
     assert len(_libraries()) > 10 and all("pipeline" not in str(p) for p in _libraries())
     # Known violations are found: the CLI's gin edge imports the pipeline at module level.
@@ -170,9 +170,9 @@ def test_models_do_not_import_data():
 #: Most lines a file of the package may have: small modules, one concept each.
 MAX_LINES = 450
 #: Files allowed over ``MAX_LINES``. ``models/t5.py`` stays whole (the T5.1.1 model, its size
-#: table and its T5X checkpoint reading belong together); ``fitting.py`` and
-#: ``gradients/metagradient.py`` are being split and leave this list when they are.
-OVER_THE_LIMIT = {"models/t5.py", "fitting.py", "gradients/metagradient.py"}
+#: table and its T5X checkpoint reading belong together); ``gradients/metagradient.py`` is
+#: being split and leaves this list when it is.
+OVER_THE_LIMIT = {"models/t5.py", "gradients/metagradient.py"}
 
 
 def test_files_stay_under_the_line_limit():
