@@ -21,6 +21,17 @@ from __future__ import annotations
 
 import numpy as np
 
+#: The scalar metrics of ``summary``: (key, label in the paper's terms, higher is better). A
+#: row of ``summary`` holds ``<key>_mean`` and ``<key>_std`` of each; tables and reports
+#: (``evaluation.format_table``, ``reports``) label and rank them from here.
+METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("mse", "all-steps MSE", False),
+    ("mae", "all-steps MAE", False),
+    ("final_spearman", "final-step Spearman", True),
+    ("change_spearman", "Spearman of the change", True),
+    ("per_example_spearman", "per-example Spearman", True),
+)
+
 
 def _check(pred, true) -> tuple[np.ndarray, np.ndarray]:
     pred = np.asarray(pred, np.float64)

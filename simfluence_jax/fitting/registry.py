@@ -51,10 +51,6 @@ class LazyFitter:
     def __call__(self, runs, **kwargs):
         return self.load()(runs, **kwargs)
 
-    @property
-    def requires_gradients(self) -> bool:
-        return "gradients" in self.inputs
-
 
 #: The gradient baselines (``simfluence_jax.gradients.baselines``), each raw and calibrated.
 GRADIENT_BASELINES = ("tracin_cp", "tracin_cp_summed", "grad_dot", "influence", "trak", "ekfac")
@@ -156,13 +152,20 @@ def fit_simulator(name: str, runs: RunSet, *, validation: RunSet | None = None, 
 
 
 def fit_all(
-    names: Sequence[str], runs: RunSet, *, validation: RunSet | None = None, **kwargs
+    names: Sequence[str],
+    runs: RunSet,
+    *,
+    validation: RunSet | None = None,
+    strict: bool = True,
+    **kwargs,
 ) -> dict[str, object]:
     """``{name: fit_simulator(name, ...)}`` for several names; each fitter gets only the
-    keywords it declares, and a keyword no fitter declares is an error."""
+    keywords it declares. A keyword no fitter among ``names`` declares is an error, unless
+    ``strict=False`` (the pipeline passes its whole configuration, e.g. ``solver`` to a set
+    of controls), which drops it."""
     declared = {n: accepted_keywords(n) for n in names}
     unused = sorted(set(kwargs) - set().union(*declared.values()))
-    if unused:
+    if unused and strict:
         raise ValueError(f"no simulator among {list(names)} takes {', '.join(map(repr, unused))}")
     return {
         n: fit_simulator(
