@@ -1,4 +1,4 @@
-"""Evaluation metrics for simulated trajectories (DESIGN.md section 6).
+"""Evaluation metrics for simulated trajectories (docs/design.md, section 6).
 
 Every function takes predicted and true trajectories ``float[R, T+1, M]`` (R held-out runs,
 row 0 = L_0, M test examples) and follows the GPTfluence evaluation definitions:

@@ -1,4 +1,4 @@
-"""Metrics follow DESIGN.md section 6; Spearman is checked against scipy."""
+"""Metrics follow docs/design.md, section 6; Spearman is checked against scipy."""
 
 import numpy as np
 import pytest
