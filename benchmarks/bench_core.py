@@ -1,7 +1,7 @@
 """Fit and rollout speed of the core against the NumPy / scikit-learn code a researcher
 would otherwise write, side by side in one run, on synthetic problems of known truth.
 
-Problems (DESIGN.md section 10):
+Problems:
 * ``gptfluence``: N=200 pool, M=200 test examples, 25 fitting runs of 128 examples x 3
   epochs, batch 4 (T=96);
 * ``large``: N=5000, M=1000, same run shape;

@@ -10,8 +10,8 @@ benchmark a ``Counterfactuals`` record. Steps:
 
 1. Make (or read back) the runs and the gradient scores of the first fitting run
    (``pipeline.study.cached_runs``); fit every simulator of ``FitConfig.simulators``.
-2. On ``Counterfactuals.heldout_curricula`` held-out runs, plan the edits (DESIGN.md 13):
-   the replay of the run itself (same seed: the reference), removal of ``k`` random
+2. On ``Counterfactuals.heldout_curricula`` held-out runs, plan the edits (docs/design.md,
+   section 7): the replay of the run itself (same seed: the reference), removal of ``k`` random
    examples for every ``k`` in ``random_sizes`` (``random_draws`` draws each), removal of
    the ``top_k`` examples each simulator of ``edit_simulators`` says help (and hurt)
    each of ``targets`` test examples most (``attribution.removal_effects`` and ``top``),

@@ -1,7 +1,7 @@
 """Entry point: `python -m experiments.optimizers [--optimizers sgd,adamw] [--out DIR]`.
 
 Does Simfluence-Linear hold under optimizers with state and schedules, and does the
-optimizer kernel (docs/design.md) help? For each of four optimizers, 64 runs of the
+optimizer kernel (docs/design.md, section 3.2) help? For each of four optimizers, 64 runs of the
 quickstart protocol (MiniLM top layer on cached features, `polarity`, each run a random 96
 of the 150 pool sentences, batch 4, 48 steps), split 52 fitting / 4 validation / 8 held-out
 runs (8 held-out runs so that the per-example skill across runs means something). Fitted:

@@ -42,21 +42,15 @@ def evaluate_all(sims: Mapping[str, object], runs: RunSet, *, mesh=None) -> dict
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-    """A Markdown table of the paper's metrics (mean +- std) for every simulator."""
-    cols = [
-        ("mse", "all-steps MSE"),
-        ("mae", "all-steps MAE"),
-        ("final_spearman", "final-step Spearman"),
-        ("change_spearman", "change Spearman"),
-        ("per_example_spearman", "per-example Spearman across runs"),
-    ]
-    head = "| simulator | " + " | ".join(c[1] for c in cols) + " |"
-    sep = "|---" * (len(cols) + 1) + "|"
+    """A Markdown table of the paper's metrics (``metrics.METRICS``, mean +- std) for every
+    simulator."""
+    head = "| simulator | " + " | ".join(label for _, label, _ in metrics.METRICS) + " |"
+    sep = "|---" * (len(metrics.METRICS) + 1) + "|"
     lines = [head, sep]
     for name, row in rows.items():
         cells = [
             f"{row[f'{k}_mean']:.4g} ± {row[f'{k}_std']:.2g}" if f"{k}_mean" in row else "n/a"
-            for k, _ in cols
+            for k, _, _ in metrics.METRICS
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -6,7 +6,7 @@ losses ``L`` of the fitting runs, the objective over the learned weights theta i
     J(theta) = sum_{r, t, j} (L_t - L^tf_t)^2 / sum_{r, t, j} (L_t - L_{t-1})^2 + l2 |theta|^2
     L^tf_t = L_{t-1} + sum_k (sum_{i in c_t} A^(k)_ij) L_{t-k} + sum_{i in c_t} B_ij
 
-i.e. the one-step error with the *observed* history (teacher forcing, DESIGN.md s4),
+i.e. the one-step error with the *observed* history (teacher forcing, docs/design.md, section 4),
 normalised so that the constant simulator scores 1, plus weight decay ``l2``. Unlike the
 Linear family it is not linear in theta, so it is minimised with Adam (optax), full-batch
 over all fitting runs (the residuals are ``vmap``-ed over runs; the weights are shared by

@@ -53,13 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simfluence_jax.fitting import (
-    ALPHA_FORMS,
-    MOMENTUM_GRID,
-    _l2_grid,
-    _lr_reference,
-    rollout_mse,
-)
+from simfluence_jax.fitting.choice import MOMENTUM_GRID, l2_grid, rollout_mse
+from simfluence_jax.fitting.ridge import ALPHA_FORMS, lr_reference
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.filter import FilterSimulator
 from simfluence_jax.solvers import DENSE_BUDGET_BYTES
@@ -280,8 +275,8 @@ def fit_filter(
     T = runs.num_steps
     K = _check_length(filter_length, T)
     h0 = _check_init(filter_init, K)
-    grid = np.sort(_l2_grid(l2, validation))[::-1]
-    lr_ref = _lr_reference(runs, validation) if lr_scaled else None
+    grid = np.sort(l2_grid(l2, validation))[::-1]
+    lr_ref = lr_reference(runs, validation) if lr_scaled else None
     N, M = runs.num_train, runs.num_test
     need = 3 * M * N * N * np.dtype(dtype).itemsize
     if need > DENSE_BUDGET_BYTES:

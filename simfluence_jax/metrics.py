@@ -1,4 +1,4 @@
-"""Evaluation metrics for simulated trajectories (DESIGN.md section 6).
+"""Evaluation metrics for simulated trajectories (docs/design.md, section 6).
 
 Every function takes predicted and true trajectories ``float[R, T+1, M]`` (R held-out runs,
 row 0 = L_0, M test examples) and follows the GPTfluence evaluation definitions:
@@ -20,6 +20,17 @@ When either side is constant, rho is undefined; we count it as 0 (no ranking inf
 from __future__ import annotations
 
 import numpy as np
+
+#: The scalar metrics of ``summary``: (key, label in the paper's terms, higher is better). A
+#: row of ``summary`` holds ``<key>_mean`` and ``<key>_std`` of each; tables and reports
+#: (``evaluation.format_table``, ``reports``) label and rank them from here.
+METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("mse", "all-steps MSE", False),
+    ("mae", "all-steps MAE", False),
+    ("final_spearman", "final-step Spearman", True),
+    ("change_spearman", "Spearman of the change", True),
+    ("per_example_spearman", "per-example Spearman", True),
+)
 
 
 def _check(pred, true) -> tuple[np.ndarray, np.ndarray]:

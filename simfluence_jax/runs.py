@@ -1,14 +1,14 @@
 """Run records: the curricula of R training runs and the test losses they produced.
 
 A run set stacks R runs of T steps with batch size B over a pool of N training examples,
-evaluated on M test examples (DESIGN.md section 2):
+evaluated on M test examples (docs/design.md, section 2):
 
 * ``batches: int32[R, T, B]``, training-example ids; ``-1`` pads a ragged batch, and an id
   repeated inside a batch counts twice;
 * ``losses: float32[R, T+1, M]``; row 0 is L_0, the losses before any update, row t the
   losses right after step t;
 * optionally ``learning_rates: float32[R, T]``, the learning rate of every step of every run
-  (what ``lr_scaled`` simulators need, DESIGN.md section 3b).
+  (what ``lr_scaled`` simulators need, docs/design.md, section 3.2).
 
 Run sets are saved as a directory holding ``arrays.npz`` (plain numeric and unicode arrays,
 read with ``allow_pickle=False``) and ``meta.json`` (format version, ids, free metadata, the

@@ -1,6 +1,7 @@
 """Curricula: which training examples each run sees, in which order (pure NumPy).
 
-A curriculum set is ``batches: int32[R, T, B]``, entry ``-1`` being padding (DESIGN.md §2).
+A curriculum set is ``batches: int32[R, T, B]``, entry ``-1`` being padding
+(docs/design.md, section 2).
 
 The default protocol is the one GPTfluence uses (Chai, Liu et al., 2024, following Guu et al.,
 2023): a pool of N training examples; run r draws a random subset of ``subset_size`` ids

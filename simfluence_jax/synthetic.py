@@ -140,7 +140,7 @@ def make_kernel_runs(
     seed: int = 0,
 ) -> RunSet:
     """Runs drawn from the optimizer kernel's law in the ``one_plus_sum`` form
-    (docs/design.md): ``L_t = (1 + s_t A . x_t) L_{t-1} + s_t B . x_t + noise``,
+    (docs/design.md, section 3.2): ``L_t = (1 + s_t A . x_t) L_{t-1} + s_t B . x_t + noise``,
     ``x_t = mu x_{t-1} + m(c_t)``, ``s_t = eta_t / max eta`` with a warm-up/decay schedule
     (``schedule=True``) or a constant rate; ``A ~ -U(0, 0.004)``, ``B ~ U(-0.006, 0.002)``,
     both times ``effect_scale``. The runs carry their learning rates.

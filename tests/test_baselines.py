@@ -59,7 +59,7 @@ def test_registered_with_raw_and_calibrated_names(fitted):
     for name, sim in fitted.items():
         assert isinstance(sim, SegmentedSimulator)
         assert sim.name == name
-        assert sj.SIMULATORS.get(name).requires_gradients
+        assert sj.fitting.required_inputs(name) == ("gradients",)
         if name.endswith("_calibrated"):
             assert float(sim.scale) != 1.0
         else:

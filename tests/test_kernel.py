@@ -7,6 +7,7 @@ import pytest
 
 import simfluence_jax as sj
 from simfluence_jax import fitting, metrics
+from simfluence_jax.fitting import ridge
 from simfluence_jax.runs import RunSet
 from simfluence_jax.synthetic import make_kernel_runs
 
@@ -125,7 +126,7 @@ def test_grid_in_chunks_of_mu_equals_the_whole_grid(kernel_world, monkeypatch):
     whole = sj.fit_simulator("linear", fit, **kw)
     # Room for two mu per chunk: chunks of 2, 2 and a padded 1.
     per_mu = len(fitting.DEFAULT_L2_GRID) * fit.num_test * 2 * fit.num_train * 4
-    monkeypatch.setattr(fitting, "GRID_CHUNK_BYTES", 2 * per_mu)
+    monkeypatch.setattr(ridge, "GRID_CHUNK_BYTES", 2 * per_mu)
     chunked = sj.fit_simulator("linear", fit, **kw)
     assert (chunked.momentum, chunked.l2) == (whole.momentum, whole.l2)
     np.testing.assert_array_equal(np.asarray(chunked.A), np.asarray(whole.A))

@@ -1,4 +1,4 @@
-"""Exact metagradients through the run factory's own update (gradients/metagradient.py).
+"""Exact metagradients through the run factory's own update (gradients/metagradient/).
 
 Checks, on a tiny toy classifier (T = 4 steps, B = 2, one ragged batch):
 

@@ -1,4 +1,4 @@
-"""Metrics follow DESIGN.md section 6; Spearman is checked against scipy."""
+"""Metrics follow docs/design.md, section 6; Spearman is checked against scipy."""
 
 import numpy as np
 import pytest
@@ -58,6 +58,8 @@ def test_per_step_error_and_summary():
     np.testing.assert_allclose(curve["mse"][1:].mean(), metrics.all_steps_mse(pred, true)[0])
     s = metrics.summary(pred, true)
     assert set(s) >= {"mse_mean", "final_spearman_std", "change_spearman_mean"}
+    # METRICS, the table every table and report labels from, names exactly these metrics.
+    assert set(s) == {f"{k}_{x}" for k, _, _ in metrics.METRICS for x in ("mean", "std")}
 
 
 def test_shape_errors():

@@ -56,6 +56,11 @@ def test_missing_inputs_are_named():
     sims = sj.fit_all(["linear", "constant", "mean"], fit, validation=val, l2=0.1)
     assert set(sims) == {"linear", "constant", "mean"}
     assert np.isfinite(sj.evaluate(sims["linear"], val)["mse_mean"])
+    # A keyword no fitter takes is an error, unless strict=False drops it.
+    with pytest.raises(ValueError, match="no simulator among .* takes 'solver'"):
+        sj.fit_all(["constant", "mean"], fit, solver="cg")
+    controls = sj.fit_all(["constant", "mean"], fit, strict=False, solver="cg", l2=0.1)
+    assert set(controls) == {"constant", "mean"}
     assert sj.fitting.simulator_group("mean") == "control"
     assert sj.fitting.simulator_group("influence_calibrated") == "gradient baseline (calibrated)"
     assert sj.fitting.simulator_group("linear_kernel") == "fitted"

@@ -35,7 +35,7 @@ def _rho(a, b) -> float:
 
 
 def reference_metrics(pred, true) -> dict[str, float]:
-    """The report's metrics from their definitions (docs/design.md, Metrics), written out:
+    """The report's metrics from their definitions (docs/design.md, section 6), written out:
     per-trajectory mean over steps 1..T of the squared / absolute error, then mean and std
     over the R x M trajectories; Spearman per run across test examples of the final loss
     and of its change; Spearman per test example across runs of the final loss."""

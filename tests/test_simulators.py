@@ -19,8 +19,7 @@ from simfluence_jax.synthetic import make_problem
 
 def _fit_kwargs(name, runs, seed=0):
     """Extra inputs some simulators need beyond the runs (gradient scores, features)."""
-    fitter = sj.SIMULATORS.get(name)
-    if getattr(fitter, "requires_gradients", False):
+    if "gradients" in sj.fitting.required_inputs(name):
         rng = np.random.default_rng(seed)
         N, M, T = runs.num_train, runs.num_test, runs.num_steps
         return {

@@ -1,7 +1,7 @@
 """Tasks: a training pool and test examples, in text-to-text and in label form.
 
 A :class:`Task` holds the ``N`` training-pool examples the runs draw their curricula from
-and the ``M`` test examples whose losses the runs record (DESIGN.md section 2). Every example
+and the ``M`` test examples whose losses the runs record (docs/design.md, section 2). Every example
 has a text and a string target (the text-to-text form a T5 model trains on, e.g.
 ``"positive"``); when ``label_names`` is set, ``train_labels``/``test_labels`` give the
 class ids a classifier trains on (``label_names.index(target)``).

@@ -3,8 +3,8 @@
 Each score becomes a :class:`~simfluence_jax.simulators.segmented.SegmentedSimulator`
 (alpha = 1; per-step decrement ``-(eta_t / |c_t|) S[k(t), i]`` for every id in the batch),
 so it is rolled out and evaluated exactly like Simfluence-Linear (Guu et al., 2023, §4.3;
-docs/design.md). ``simfluence_jax.SIMULATORS`` lists them (importing this module lazily on
-first use):
+docs/design.md, section 3.4). ``simfluence_jax.SIMULATORS`` lists them (importing this
+module lazily on first use):
 
 ==============================  ===================================================
 ``tracin_cp``                   per-step TracIn-CP: step t uses the dot products at

@@ -28,7 +28,7 @@ import numpy as np
 from simfluence_jax import counterfactuals as cf
 from simfluence_jax.attribution import removal_effects, top
 from simfluence_jax.evaluation import predict, score
-from simfluence_jax.fitting import accepted_keywords, fit_all, required_inputs, simulator_group
+from simfluence_jax.fitting import fit_all, required_inputs, simulator_group
 from simfluence_jax.pipeline.config import CounterfactualConfig, FitConfig, RunsConfig
 from simfluence_jax.runs import RunSet
 
@@ -86,10 +86,7 @@ def fit_simulators(
 ) -> dict[str, Any]:
     """Fits every simulator of ``fit_cfg`` through the registry (``fitting.fit_all``)."""
     given = dict(l2=fit_cfg.l2, solver=fit_cfg.solver, gradients=gradients, mesh=mesh)
-    names = tuple(fit_cfg.simulators)
-    taken = set().union(*(accepted_keywords(n) for n in names)) if names else set()
-    return fit_all(names, fit, validation=validation,
-                   **{k: v for k, v in given.items() if k in taken})  # fmt: skip
+    return fit_all(tuple(fit_cfg.simulators), fit, validation=validation, strict=False, **given)
 
 
 def helpful_examples(

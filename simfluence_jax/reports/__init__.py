@@ -17,7 +17,7 @@ Example::
                          groups={"linear": "fitted", "constant": "control"}, simulators=sims)
 """
 
-from simfluence_jax.io import git_revision
+from simfluence_jax.metrics import METRICS
 from simfluence_jax.reports.attribution import AttributionSection
 from simfluence_jax.reports.counterfactual import Counterfactual
 from simfluence_jax.reports.plots import (
@@ -27,7 +27,7 @@ from simfluence_jax.reports.plots import (
     simulator_styles,
 )
 from simfluence_jax.reports.render import markdown_table
-from simfluence_jax.reports.scoring import METRICS, best_by_metric, score_predictions
+from simfluence_jax.reports.scoring import best_by_metric
 from simfluence_jax.reports.writer import write_report
 
 __all__ = [
@@ -35,12 +35,10 @@ __all__ = [
     "AttributionSection",
     "Counterfactual",
     "best_by_metric",
-    "git_revision",
     "markdown_table",
     "plot_counterfactual",
     "plot_per_step_error",
     "plot_trajectories",
-    "score_predictions",
     "simulator_styles",
     "write_report",
 ]

@@ -39,7 +39,7 @@ from simfluence_jax.runs import RunSet
 TOP_K = 5
 #: Steps averaged at the end of the run (fewer when the run has fewer steps).
 HORIZON = 8
-#: The metric the simulator is chosen by (a key of ``scoring.METRICS``; lower is better).
+#: The metric the simulator is chosen by (a key of ``metrics.METRICS``; lower is better).
 METRIC = "mse"
 #: Groups never chosen to attribute with.
 EXCLUDED_GROUPS = ("control",)

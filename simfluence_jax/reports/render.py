@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from simfluence_jax.metrics import METRICS
 from simfluence_jax.reports import plots
 from simfluence_jax.reports.attribution import SCORES_FILE, UNCHECKED, AttributionSection
 from simfluence_jax.reports.counterfactual import Counterfactual
@@ -28,7 +29,6 @@ from simfluence_jax.reports.figures import (
 )
 from simfluence_jax.reports.scoring import (
     DEFAULT_GROUP,
-    METRICS,
     Row,
     best_by_metric,
     is_diverged,

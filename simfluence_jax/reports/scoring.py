@@ -16,26 +16,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from simfluence_jax import evaluation, metrics
+from simfluence_jax.metrics import METRICS
 from simfluence_jax.rollout import DIVERGENCE_FACTOR, diverged
 from simfluence_jax.runs import RunSet
-
-#: (key in ``metrics.summary``, label in the paper's terms, higher is better).
-METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("mse", "all-steps MSE", False),
-    ("mae", "all-steps MAE", False),
-    ("final_spearman", "final-step Spearman", True),
-    ("change_spearman", "Spearman of the change", True),
-    ("per_example_spearman", "per-example Spearman", True),
-)
 
 #: The group of a simulator the caller gave no group for.
 DEFAULT_GROUP = "other"
 
 Row = Mapping[str, float]
-
-#: ``metrics.summary`` of ``pred: float[R, T+1, M]`` against the held-out losses, plus
-#: ``diverged_fraction``; non-finite predictions count as +inf. It is ``evaluation.score``.
-score_predictions = evaluation.score
 
 
 def check_predictions(predictions, heldout: RunSet) -> dict[str, np.ndarray]:
@@ -66,7 +54,7 @@ def score_rows(
     rows = {str(n): dict(r) for n, r in (table or {}).items()}
     for name, p in predictions.items():
         if name not in rows:
-            rows[name] = score_predictions(p, heldout)
+            rows[name] = evaluation.score(p, heldout)
         else:
             frac = float(diverged(p, heldout.L0).mean())
             rows[name]["diverged_fraction"] = max(frac, rows[name].get("diverged_fraction", 0.0))

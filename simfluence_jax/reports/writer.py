@@ -25,11 +25,12 @@ top helpful and harmful training examples of three test examples under the best 
 simulator, and how far to trust them (``attribution_verdict``, else a sentence saying they
 were not checked by retraining here).
 
-It composes three steps, each in its own module: ``scoring`` (the rows, divergence, the
-best of each metric; metrics as docs/design.md defines them), ``figures`` (what the figures
-show, and the PNG files) and ``render`` (the same content as Markdown, JSON and CSV). A
-diverged simulator (``rollout.diverged``) is scored like ``evaluation.evaluate`` scores it,
-marked in the table, and left out of the plots and of the "best" ranking, with a note.
+It composes three steps, each in its own module: ``scoring`` (the rows, divergence, the best
+of each metric; metrics as docs/design.md, section 6, defines them), ``figures`` (what the
+figures show, and the PNG files) and ``render`` (the same content as Markdown, JSON and
+CSV). A diverged simulator (``rollout.diverged``) is scored like ``evaluation.evaluate``
+scores it, marked in the table, and left out of the plots and of the "best" ranking, with a
+note.
 
 Files are written one by one, each to a temporary name and renamed into place, and
 ``report.md`` last: a crash never leaves a half-written file under a final name, and a

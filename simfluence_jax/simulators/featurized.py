@@ -1,10 +1,10 @@
 """A featurized simulator: per-example parameters predicted from frozen text embeddings.
 
-Simfluence-Linear (DESIGN.md s3) learns one free pair (A_ij, B_ij) per (training example i,
-test example j), so it knows nothing about an example no logged run used. Following the
-featurized simulator of GPTfluence (Chai, Liu et al., EMNLP 2024), here A and B are a
-learned function of frozen embeddings ``x_i`` (training example) and ``z_j`` (test
-example), so any example with an embedding can be simulated:
+Simfluence-Linear (docs/design.md, section 3.1) learns one free pair (A_ij, B_ij) per
+(training example i, test example j), so it knows nothing about an example no logged run
+used. Following the featurized simulator of GPTfluence (Chai, Liu et al., EMNLP 2024), here
+A and B are a learned function of frozen embeddings ``x_i`` (training example) and ``z_j``
+(test example), so any example with an embedding can be simulated:
 
     u_i = P x~_i,   v_j = Q z~_j     (x~, z~: standardised embeddings; Q = P if tied)
     h_ij = gelu(W_x^T u_i + W_z^T v_j + W_xz^T (u_i * v_j) + b_h)

@@ -1,10 +1,11 @@
 """Saving and loading fitted simulators without pickle.
 
-A simulator is a ``flax.struct`` dataclass: its array fields go into ``arrays.npz`` (read with
-``allow_pickle=False``) and its other fields, with the class name, a format version and the
-shape of every array, into ``meta.json``. Only classes registered in ``SIMULATOR_CLASSES``
-can be loaded. The folder is swapped into place atomically
-(:func:`simfluence_jax.io.replace_directory`): a reader finds the old or the new version.
+A simulator is a registered dataclass (``simulators.base.simulator_dataclass``): its array
+fields go into ``arrays.npz`` (read with ``allow_pickle=False``) and its other fields, with
+the class name, a format version and the shape of every array, into ``meta.json``. Only
+classes registered in ``SIMULATOR_CLASSES`` can be loaded. The folder is swapped into place
+atomically (:func:`simfluence_jax.io.replace_directory`): a reader finds the old or the new
+version.
 
 Loading checks everything it reads: the format and version, the JSON types, the arrays
 against the shapes recorded in ``meta.json``, the sizes the arrays share (``M`` test

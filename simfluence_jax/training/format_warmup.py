@@ -4,7 +4,7 @@ A T5 model that has never produced a task's target words starts with a per-examp
 (the sum of target-token cross-entropies) far above what it reaches after a few updates:
 every run would spend its first steps learning the output format, the same for every
 curriculum, and that shared collapse would dominate the loss trajectories a simulator is
-judged on (DESIGN.md section 12). So before any run is logged, the pretrained model is
+judged on. So before any run is logged, the pretrained model is
 fine-tuned for ``num_steps`` (a few hundred) on the task's warm-up split, examples that are
 neither in the pool nor in the test set (``Task.warmup_texts``), the way T5X fine-tunes:
 
