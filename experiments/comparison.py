@@ -11,8 +11,9 @@ metagradients of each held-out run (``gradients.metagradient``, MAGIC's single-m
 edits of that run with its seed, first order in the slot weights). Steps:
 
 1. The runs, their gradient scores (all five kinds, timed one by one) and the fits (timed).
-2. For each of ``heldout_curricula`` held-out runs: its metagradient simulator over the last
-   ``horizon`` steps (timed; the unit of cost is one replay of the run); the edits: ``k``
+2. For each of ``heldout_curricula`` held-out runs: the metagradients of its test losses
+   averaged over the last ``horizon`` steps (one reverse pass, timed; the unit of cost is
+   one replay of the run), their first-order removal effects; the edits: ``k``
    random removals for ``k`` in ``random_sizes``, the top-``k`` helpful and harmful removals
    for each of ``targets`` test examples by every method of ``edit_sources``, ``k`` in
    ``targeted_sizes``, and the reversed curriculum.
@@ -26,6 +27,8 @@ edits of that run with its seed, first order in the slot weights). Steps:
    ``comparison.json``.
 
 A reorder is outside the metagradient's domain (its prediction is NaN and the cell says so).
+The metagradient's predicted change of a removal is ``sum (u - 1) dy/dw`` over the run's slots
+(``metagradient_changes``), the change of the same readout the benchmark scores.
 """
 
 from __future__ import annotations
@@ -151,22 +154,25 @@ def targeted_edits(effects, c, run: int, targets, sizes, source: str) -> list[be
 
 
 # Scoring -------------------------------------------------------------------------------------
-def predictions(sims, meta_sims, edits, held) -> dict[str, np.ndarray]:
-    """``{method: float32[E, T+1, M]}``: the fitted simulators along every edit; the
-    metagradient of each held-out run along that run's edits (NaN outside its domain: the
-    reorders)."""
-    by_split = {"heldout": held}
-    out = bench.predicted_trajectories(sims, edits, by_split)
-    if meta_sims:
-        first = next(iter(out.values()))
-        meta = np.full_like(first, np.nan)
-        for r, sim in meta_sims.items():
-            idx = [i for i, e in enumerate(edits) if e.run == r and e.kind != "reverse"]
-            sub = [edits[i] for i in idx]
-            meta[idx] = bench.predicted_trajectories({METAGRADIENT: sim}, sub, by_split)[
-                METAGRADIENT
-            ]
-        out[METAGRADIENT] = meta
+def metagradient_changes(meta, edits, M: int) -> np.ndarray:
+    """``float64[E, M]``: the first-order change of the loss averaged over the last
+    ``horizon`` steps predicted by each held-out run's metagradients ``meta[run]`` (one
+    readout, ``Replay.metagradients(..., horizon=h)``) for that run's removals:
+    ``sum_{t, b} dy/dw[t, b] (u[t, b] - 1)`` over the run's real slots, ``u = 0`` where the
+    edit made the slot padding (the batch-mean loss of the replay weighs the rest of the
+    batch as the run factory does). NaN outside its domain (reorders, other runs)."""
+    out = np.full((len(edits), M), np.nan)
+    for i, e in enumerate(edits):
+        mg = meta.get(e.run)
+        if mg is None or e.kind == "reverse":
+            continue
+        real = mg.batches >= 0
+        if e.batches.shape != mg.batches.shape or np.any(
+            (e.batches >= 0) & (e.batches != mg.batches)
+        ):
+            continue  # not a removal of this run's slots
+        removed = (real & (e.batches < 0)).astype(np.float64)
+        out[i] = -np.einsum("jtb,tb->j", np.asarray(mg.slot, np.float64)[:, 0], removed)
     return out
 
 
@@ -311,9 +317,7 @@ def main(argv=None) -> Path:
     _log(f"fitted {', '.join(sims)}")
 
     # 2. Metagradients and edits.
-    T = held.num_steps
-    steps = np.arange(T - exp.horizon + 1, T + 1)
-    meta_sims, meta_s, meta_mb = {}, [], []
+    meta, meta_s, meta_mb = {}, [], []
     want_meta = METAGRADIENT in exp.edit_sources or METAGRADIENT in fit_cfg.simulators
     edits: list[bench.Edit] = []
     for r in range(H):
@@ -323,18 +327,21 @@ def main(argv=None) -> Path:
         effects = {}
         if want_meta:
             with Meter() as m:
-                meta_sims[r] = replay.simulator(
+                meta[r] = replay.metagradients(
                     c,
                     held_seeds[r],
-                    steps=steps,
+                    horizon=exp.horizon,
                     remat_chunk=exp.remat_chunk,
                     test_batch_size=exp.metagradient_test_batch,
                 )
             meta_s.append(m.seconds)
             meta_mb.append(m.peak_mb)
             _log(f"metagradients of held-out run {r}: {m.seconds:.1f} s")
-        every = dict(sims, **({METAGRADIENT: meta_sims[r]} if want_meta else {}))
+        every = dict(sims)
         for name in exp.edit_sources:
+            if name == METAGRADIENT:
+                effects[name] = meta[r].effects()
+                continue
             effects[name] = attribution.removal_effects(
                 every[name], c, held.L0[r], learning_rates=lr, horizon=exp.horizon
             )
@@ -376,9 +383,11 @@ def main(argv=None) -> Path:
     true_traj = np.stack([trained[(e.key, seeds[(e.split, e.run)])][0] for e in edits])
 
     # 4. Score.
-    pred_traj = predictions(sims, meta_sims, edits, held)
+    pred_traj = bench.predicted_trajectories(sims, edits, {"heldout": held})
     true_change = bench.changes(true_traj, edits, exp.horizon)
     pred_change = {n: bench.changes(p, edits, exp.horizon) for n, p in pred_traj.items()}
+    if meta:
+        pred_change[METAGRADIENT] = metagradient_changes(meta, edits, M)
     table = by_size_table(pred_change, true_change, edits)
     pay = payoff_by_size(edits, true_change)
     lds_res = None
@@ -394,7 +403,7 @@ def main(argv=None) -> Path:
         lds_res = lds.run_lds(sims, train, pool_size=N, num_subsets=exp.lds_subsets,
                               subset_size=lds_size, batch_size=B, epochs=lds_epochs,
                               seed=cfg.seed + 7).table  # fmt: skip
-    methods = list(pred_traj)
+    methods = list(pred_change)
     for name in methods:
         c = cost.setdefault(name, {})
         c["per_test_s"] = c.pop("effects_s", float("nan")) / M
