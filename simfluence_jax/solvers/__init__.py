@@ -100,7 +100,7 @@ def solve_ridge(
         x0 = jnp.asarray(x0, dtype)
         # The test axis of a per-l2 start [K, M, P] goes first for map_over_test.
         per_test += (x0 if x0.ndim == 2 else jnp.moveaxis(x0, 1, 0),)
-    if name == "direct" and not problem.plain:
+    if name == "direct":
         extra = tuple(map(jnp.asarray, occurrences(problem.ids, problem.num_train)))
     out = map_over_test(
         partial(_call, fn, kw, len(per_test) == 3, bool(kernel), len(extra)),
