@@ -24,6 +24,7 @@ import numpy as np
 
 from simfluence_jax.registry import Registry
 from simfluence_jax.sharding import map_over_test
+from simfluence_jax.solvers import memory
 from simfluence_jax.solvers.cg import solve_cg
 from simfluence_jax.solvers.common import occurrences
 from simfluence_jax.solvers.direct import solve_direct, solve_direct_grid
@@ -69,6 +70,7 @@ def solve_ridge(
     tol: float | None = None,
     maxiter: int | None = None,
     x0=None,
+    chunk: int | None = None,
 ):
     """Solves the ridge problem for every test example and every l2.
 
@@ -80,6 +82,8 @@ def solve_ridge(
       tol, maxiter: CG stopping rule (ignored by the exact solvers).
       x0: CG's starting point, ``float[M, P]`` for every l2 or ``float[K, M, P]`` one per
         l2 (ignored by the exact solvers).
+      chunk: test examples solved at once (per device with a mesh); default: as many as
+        fit ``memory.MEMORY_BUDGET_BYTES`` (``memory.solver_bytes``).
 
     Returns:
       ``(A, B, info)``: ``A, B`` of shape ``[K, M, N]`` (zeros for unknowns the problem
@@ -88,8 +92,8 @@ def solve_ridge(
     l2s = _check_l2s(l2s)
     name = choose_solver(problem) if solver == "auto" else solver
     fn = SOLVERS.get(name)
-    kw = _solver_keywords(problem, name, tol, maxiter)
-    info = {"solver": name}
+    kw = _solver_keywords(problem, name, tol, maxiter, chunk, len(l2s))
+    info = {"solver": name, "chunk": kw["chunk"]}
     dtype = problem.Lp.dtype
     ids = jnp.asarray(problem.ids)
     l2_arr = jnp.asarray(l2s, dtype)
@@ -128,6 +132,7 @@ def solve_ridge_grid(
     mesh=None,
     tol: float | None = None,
     maxiter: int | None = None,
+    chunk: int | None = None,
 ):
     """Solves the kernel's ridge problem for every (mu, l2) of a grid.
 
@@ -141,7 +146,7 @@ def solve_ridge_grid(
       l2s: a float or a sequence of K floats, each > 0.
       momenta: a sequence of mu values in [0, 1).
       solver: ``"auto"`` (``choose_solver``), ``"direct"``, ``"cg"`` or ``"dual"``.
-      mesh, tol, maxiter: as for ``solve_ridge``.
+      mesh, tol, maxiter, chunk: as for ``solve_ridge``.
 
     Returns:
       ``(A, B, info)``: ``A, B`` of shape ``[n_mu, K, M, N]`` and a dict naming the solver
@@ -161,9 +166,10 @@ def solve_ridge_grid(
         As, Bs, info, x0 = [], [], {"solver": name}, None
         for p in problems:
             A, B, step = solve_ridge(p, l2s, solver=name, mesh=mesh, tol=tol, maxiter=maxiter,
-                                     x0=x0)  # fmt: skip
+                                     x0=x0, chunk=chunk)  # fmt: skip
             As.append(A)
             Bs.append(B)
+            info["chunk"] = step["chunk"]
             if name == "cg":
                 info.setdefault("iterations", []).append(step["iterations"])
                 x0 = _theta(p, A, B)
@@ -172,7 +178,7 @@ def solve_ridge_grid(
     filters = np.stack([p.kernel_arrays(dtype)[0] for p in problems])
     scales = problems[0].kernel_arrays(dtype)[1]
     rows, weights = occurrences(problem.ids, problem.num_train)
-    kw = _solver_keywords(problem, name, tol, maxiter)
+    kw = _solver_keywords(problem, name, tol, maxiter, chunk, len(l2s), kernel=True)
     shared = (problem.ids, l2s.astype(dtype), filters, scales, rows, weights)
     theta = map_over_test(
         lambda Lp, y, ids, l2, F, s, *occ: solve_direct_grid(ids, Lp, y, l2, F, s, occ, **kw),
@@ -182,7 +188,7 @@ def solve_ridge_grid(
         mesh=mesh,
     )
     A, B = problem.split_theta(theta)
-    return A, B, {"solver": name}
+    return A, B, {"solver": name, "chunk": kw["chunk"]}
 
 
 def _check_l2s(l2s) -> np.ndarray:
@@ -194,8 +200,16 @@ def _check_l2s(l2s) -> np.ndarray:
     return l2s
 
 
-def _solver_keywords(problem: RidgeProblem, name: str, tol, maxiter) -> dict:
-    kw = dict(num_train=problem.num_train, use_A=problem.use_A, use_B=problem.use_B)
+def _solver_keywords(
+    problem: RidgeProblem, name: str, tol, maxiter, chunk, K: int, kernel=None
+) -> dict:
+    if chunk is None:
+        shared, per_test = memory.problem_bytes(name, problem, K, kernel)
+        chunk = memory.chunk_for(shared, per_test, problem.num_test)
+    elif int(chunk) < 1:
+        raise ValueError(f"chunk must be a positive number of test examples, got {chunk!r}")
+    kw = dict(num_train=problem.num_train, use_A=problem.use_A, use_B=problem.use_B,
+              chunk=int(chunk))  # fmt: skip
     if name == "cg":
         eps = float(np.finfo(problem.Lp.dtype).eps)
         kw["tol"] = tol if tol is not None else max(1e-12, 10 * eps)

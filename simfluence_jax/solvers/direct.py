@@ -166,7 +166,7 @@ def _solve_all(ids, Lp, y, l2s, kernel, occ, num_train, use_A, use_B, chunk):
     def one_test(xs):
         lp, yy = xs
         blocks = per_test_blocks(shared, occ, lp, yy, kernel, use_A, use_B)
-        return jax.vmap(lambda l2: solve_blocks(lam, U, *blocks, l2, use_A, use_B))(l2s)
+        return jax.lax.map(lambda l2: solve_blocks(lam, U, *blocks, l2, use_A, use_B), l2s)
 
     theta = jax.lax.map(one_test, (Lp, y), batch_size=min(chunk, Lp.shape[0]))  # [M, K, P]
     return jnp.swapaxes(theta, 0, 1)
