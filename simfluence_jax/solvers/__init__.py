@@ -8,7 +8,8 @@ Three solvers give the same answer (tests hold them to each other):
 * ``cg``: matrix-free preconditioned conjugate gradients; O(M (N + rows)) memory;
 * ``dual``: the kernel form, O(M rows^2) memory, when rows < unknowns.
 
-``choose_solver`` picks one by problem size; ``solve_ridge`` runs it, sharding test
+``choose_solver`` picks one by a cost model fitted to measured times (``solvers.cost``)
+within a memory budget (``solvers.memory``); ``solve_ridge`` runs it, sharding test
 examples over a mesh when one is given. ``solve_ridge_grid`` solves a whole (mu, l2) grid
 of the optimizer kernel: the direct solver in one compiled loop over mu that shares what
 does not depend on mu, CG warm-started from the previous mu's solution at the same l2, the
@@ -24,7 +25,7 @@ import numpy as np
 
 from simfluence_jax.registry import Registry
 from simfluence_jax.sharding import map_over_test
-from simfluence_jax.solvers import memory
+from simfluence_jax.solvers import cost, memory
 from simfluence_jax.solvers.cg import solve_cg
 from simfluence_jax.solvers.common import occurrences
 from simfluence_jax.solvers.direct import solve_direct, solve_direct_grid
@@ -36,29 +37,16 @@ SOLVERS.register("direct")(solve_direct)
 SOLVERS.register("cg")(solve_cg)
 SOLVERS.register("dual")(solve_dual)
 
-#: Memory the automatic choice allows for one solver's dense matrices, in bytes.
-DENSE_BUDGET_BYTES = 2 * 1024**3
-
 
 def choose_solver(
-    problem: RidgeProblem, *, budget_bytes: int = DENSE_BUDGET_BYTES, kernel_rows=None
+    problem: RidgeProblem, *, budget_bytes: int | None = None, kernel_rows=None, num_l2: int = 1
 ) -> str:
-    """``dual`` when rows < unknowns and its Gram matrices fit; else ``direct`` if its
-    normal equations (and, for kernel rows, its N x O x N occurrence rows) fit the budget;
-    else ``cg``. ``kernel_rows`` (default: whether the problem's rows are not plain counts)
-    says whether the rows will be the kernel's."""
-    M, S, P = problem.num_test, problem.num_rows, problem.num_unknowns
-    itemsize = np.dtype(problem.Lp.dtype).itemsize
-    if S < P and 3 * M * S * S * itemsize <= budget_bytes:
-        return "dual"
-    dense = 3 * M * P * P
-    if (not problem.plain) if kernel_rows is None else kernel_rows:
-        ids = problem.ids[problem.ids >= 0]
-        most = int(np.bincount(ids, minlength=1).max(initial=0)) if ids.size else 0
-        dense += problem.num_train**2 * max(most, 1)
-    if dense * itemsize <= budget_bytes:
-        return "direct"
-    return "cg"
+    """The solver of least predicted time (``cost.choose``) among those whose memory, one
+    chunk of test examples at a time, fits ``budget_bytes`` (default
+    ``memory.MEMORY_BUDGET_BYTES``). ``kernel_rows`` (default: whether the problem's rows are
+    not plain counts) says whether the rows will be the kernel's; ``num_l2`` how many l2
+    values are solved."""
+    return cost.choose_for(problem, K=num_l2, kernel=kernel_rows, budget=budget_bytes)
 
 
 def solve_ridge(
@@ -90,7 +78,7 @@ def solve_ridge(
       leaves out) and a dict naming the solver (and CG's iterations and residuals).
     """
     l2s = _check_l2s(l2s)
-    name = choose_solver(problem) if solver == "auto" else solver
+    name = choose_solver(problem, num_l2=len(l2s)) if solver == "auto" else solver
     fn = SOLVERS.get(name)
     kw = _solver_keywords(problem, name, tol, maxiter, chunk, len(l2s))
     info = {"solver": name, "chunk": kw["chunk"]}
@@ -115,7 +103,7 @@ def solve_ridge(
     )
     if name == "cg":
         theta, iters, resid = out
-        info["iterations"] = np.asarray(iters)[:, 0].tolist()
+        info["iterations"] = np.asarray(iters).max(axis=1).tolist()  # most of any chunk
         info["max_relative_residual"] = np.asarray(resid).max(axis=1).tolist()
     else:
         theta = out
@@ -158,7 +146,11 @@ def solve_ridge_grid(
         raise ValueError(f"momenta must be a non-empty 1-D sequence, got {momenta!r}")
     if np.any(mus < 0) or np.any(mus >= 1):
         raise ValueError(f"every mu must lie in [0, 1), got {mus.tolist()}")
-    name = choose_solver(problem, kernel_rows=True) if solver == "auto" else solver
+    name = (
+        choose_solver(problem, kernel_rows=True, num_l2=len(l2s) * len(mus))
+        if solver == "auto"
+        else solver
+    )
     SOLVERS.get(name)  # names the known solvers if unknown
     problems = [problem.with_kernel(float(mu), problem.scales) for mu in mus]
     if name != "direct":
