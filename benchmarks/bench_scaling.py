@@ -146,11 +146,10 @@ def point(size: dict, rates: dict, *, cap: float, budget: int) -> list[dict]:
             rows.append(dict(base, op=f"fit:{name}", skipped=why, predicted_s=predicted,
                              needs_bytes=shared + per_test))  # fmt: skip
             continue
-        res = run_op(lambda n=name: solve_ridge(problem, L2, solver=n)[:2])
-        extra = dict(predicted_s=predicted)
+        res = run_op(lambda n=name: solve_ridge(problem, L2, solver=n))
+        extra = dict(predicted_s=predicted, chunk=res[-1][2]["chunk"])
         if name == "cg":
-            info = solve_ridge(problem, L2, solver="cg")[2]
-            extra["iterations"] = int(info["iterations"][0])
+            extra["iterations"] = int(res[-1][2]["iterations"][0])
             flops, nbytes = cost.work("cg", M=M, iterations=extra["iterations"], **sz)
         if name == "direct":
             flops = M * (2 * N) ** 3 / 3  # the 2N x 2N factorisation of every test example
@@ -191,7 +190,8 @@ def slopes(rows: list[dict], centre: dict, axes: dict) -> list[dict]:
 
 def fit_coefficients(rows: list[dict], rates: dict) -> dict:
     """Per solver ``(a, b, c)`` of ``cost.predict_seconds`` by non-negative least squares on
-    relative error, the flops and bytes of ``cost.work`` scaled to the nominal rates."""
+    relative error, against the rate and bandwidth measured in the same run (set them as
+    ``cost.RATE`` and ``cost.BANDWIDTH``)."""
     from scipy.optimize import nnls
 
     coeffs = {}
@@ -202,10 +202,8 @@ def fit_coefficients(rows: list[dict], rates: dict) -> dict:
         X, y = [], []
         for r in fits:
             sz = dict(N=r["N"], S=r["R"] * r["T"], B=B, P=2 * r["N"], O=r["O"])
-            flops, nbytes = cost.work(name, M=r["M"], **sz)
-            # seconds on this machine, expressed at the nominal rates of cost.py
-            scale = rates["rate"] / cost.RATE
-            X.append([flops / cost.RATE / scale, nbytes / cost.BANDWIDTH / scale, 1.0])
+            flops, nbytes = cost.work(name, M=r["M"], iterations=r.get("iterations"), **sz)
+            X.append([flops / rates["rate"], nbytes / rates["bandwidth"], 1.0])
             y.append(r["seconds"])
         X, y = np.asarray(X), np.asarray(y)
         sol, _ = nnls(X / y[:, None], np.ones(len(y)))

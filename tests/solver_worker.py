@@ -2,8 +2,9 @@
 
 ``python tests/solver_worker.py --process-id I --num-processes P --port PORT --out FILE``
 joins a ``jax.distributed`` job (one CPU device per process), fits the shared synthetic
-problem with the direct and CG solvers and rolls out its curricula, all with the mesh of
-every process's devices, and (process 0) writes the results to FILE (``.npz``).
+problem with the direct and CG solvers and with ``fit_simulator``, and rolls out its
+curricula, all with the mesh of every process's devices, and (process 0) writes the results
+to FILE (``.npz``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def problem():
 
 
 def results(mesh=None) -> dict:
-    """Direct and CG parameters (``[K, M, N]`` each, float64) and the (float32) rollout of
-    the runs."""
+    """Direct and CG parameters (``[K, M, N]`` each, float64), a float32 ``fit_simulator``
+    and its rollout of the runs."""
     p = problem()
     prob = RidgeProblem.from_runs(p.runs).astype(np.float64)
     out = {}
@@ -39,7 +40,8 @@ def results(mesh=None) -> dict:
         for solver in ("direct", "cg"):
             A, B, _ = solve_ridge(prob, L2S, solver=solver, mesh=mesh, chunk=2, tol=1e-11)
             out[f"{solver}_A"], out[f"{solver}_B"] = np.asarray(A), np.asarray(B)
-    sim = sj.LinearSimulator(A=out["direct_A"][0], B=out["direct_B"][0], seen=p.runs.used_ids())
+    sim = sj.fit_simulator("linear", p.runs, l2=L2S[0], solver="direct", mesh=mesh)
+    out["fit_A"], out["fit_B"] = np.asarray(sim.A), np.asarray(sim.B)
     out["rollout"] = np.asarray(sj.rollout(sim, p.runs.batches, p.runs.L0, mesh=mesh))
     return out
 

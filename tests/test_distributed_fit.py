@@ -59,7 +59,7 @@ def test_two_process_fit_and_rollout_equal_one_process(tmp_path):
         assert two[key].shape == one[key].shape, key
         # Each process runs the same per-test code on its half (in other chunks): the float64
         # exact solver agrees to rounding, CG (whose chunks stop on their own residuals) to
-        # its tolerance, the float32 rollout to float32 rounding.
-        tol = {"direct_A": 1e-10, "direct_B": 1e-10, "rollout": 1e-6}.get(key, 1e-8)
+        # its tolerance, the float32 fit and rollout to float32 rounding of the chunks' sums.
+        tol = {"direct_A": 1e-10, "direct_B": 1e-10, "cg_A": 1e-8, "cg_B": 1e-8}.get(key, 1e-4)
         scale = np.abs(one[key]).max()
         assert np.abs(two[key] - one[key]).max() <= tol * scale, key
