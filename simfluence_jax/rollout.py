@@ -31,9 +31,14 @@ import numpy as np
 
 from simfluence_jax.sharding import map_over_test
 from simfluence_jax.simulators.base import AffineSimulator, Simulator, batch_mask
+from simfluence_jax.solvers.common import map_chunks
 
 #: |L^| above this many times the largest |L_0| (or non-finite) counts as diverged.
 DIVERGENCE_FACTOR = 1e3
+
+#: Trajectory bytes one rollout chunk (test examples x curricula) aims for; the scan's
+#: per-step arrays and the stacked trajectories scale with it, not with M x C.
+ROLLOUT_CHUNK_BYTES = 256 * 1024**2
 
 
 class UnseenExampleWarning(UserWarning):
@@ -89,14 +94,29 @@ def _rollout_one(sim: Simulator, p, ids, w, s, L0) -> jax.Array:
     return jnp.concatenate([L0[None], Ls])
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _rollout_core(skeleton, treedef, ids, w, s, *per_test):
-    """``per_test = (*param_leaves, L0 [M, C])`` -> ``float32[M, C, T+1]``."""
-    *leaves, L0 = per_test
-    p = jax.tree_util.tree_unflatten(treedef, leaves)
+def rollout_chunks(M: int, C: int, T: int, budget: int | None = None) -> tuple[int, int]:
+    """``(test examples, curricula)`` rolled out at once: about ``budget`` (default
+    ``ROLLOUT_CHUNK_BYTES``) of trajectories, curricula first."""
+    budget = ROLLOUT_CHUNK_BYTES if budget is None else budget
+    per = 4 * 4 * (T + 1)  # a trajectory, its scan stack, the transposes
+    chunk_c = int(max(1, min(C, budget // per)))
+    chunk_m = int(max(1, min(M, budget // (per * chunk_c))))
+    return chunk_m, chunk_c
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _rollout_core(skeleton, treedef, chunks, ids, w, s, *per_test):
+    """``per_test = (*param_leaves, L0 [M, C])`` -> ``float32[M, C, T+1]``, ``chunks =
+    (test examples, curricula)`` at a time."""
+    chunk_m, chunk_c = chunks
     over_curricula = jax.vmap(partial(_rollout_one, skeleton), in_axes=(None, 0, 0, 0, 0))
-    over_tests = jax.vmap(over_curricula, in_axes=(0, None, None, None, 0))
-    return over_tests(p, ids, w, s, L0)
+
+    def one_test(*args):  # one test example: (*leaves, L0 [C]) -> [C, T+1]
+        *leaves, L0 = args
+        p = jax.tree_util.tree_unflatten(treedef, leaves)
+        return map_chunks(partial(over_curricula, p), (ids, w, s, L0), chunk_c)
+
+    return map_chunks(jax.vmap(one_test), per_test, chunk_m)
 
 
 def _lead_and_L0(sim: Simulator, lead, L0) -> jax.Array:
@@ -141,7 +161,7 @@ def lr_scales(sim: Simulator, learning_rates, lead: tuple, num_steps: int) -> ja
     return lr.reshape(C, num_steps) / ref
 
 
-def rollout_weighted(sim: Simulator, ids, w, L0, s, *, mesh=None) -> jax.Array:
+def rollout_weighted(sim: Simulator, ids, w, L0, s, *, mesh=None, chunks=None) -> jax.Array:
     """The rollout of weighted curricula; pure, jit-safe and differentiable in ``w``.
 
     Args:
@@ -150,17 +170,27 @@ def rollout_weighted(sim: Simulator, ids, w, L0, s, *, mesh=None) -> jax.Array:
         a soft curriculum over the whole pool is ``ids = arange(N)``, ``w`` = soft counts.
       L0: ``float32[C, M]``; ``s: float32[C, T]`` learning-rate scales.
       mesh: optional ``sharding.test_mesh()``.
+      chunks: ``(test examples, curricula)`` rolled out at once (per device with a mesh);
+        default ``rollout_chunks``.
 
     Returns:
       ``float32[C, T+1, M]``.
     """
     leaves, treedef = jax.tree_util.tree_flatten(sim.per_test())
-    core = partial(_rollout_core, _skeleton(sim), treedef, ids, w, s)
+    C, T = ids.shape[0], ids.shape[1]
+    if chunks is None:
+        chunks = rollout_chunks(sim.num_test, C, T)
+    chunks = tuple(int(c) for c in chunks)
+    if len(chunks) != 2 or min(chunks) < 1:
+        raise ValueError(f"chunks must be two positive counts (tests, curricula), got {chunks}")
+    core = partial(_rollout_core, _skeleton(sim), treedef, chunks, ids, w, s)
     out = map_over_test(core, (*leaves, jnp.asarray(L0).T), mesh=mesh)  # [M, C, T+1]
     return jnp.moveaxis(out, 0, -1)
 
 
-def rollout(sim: Simulator, batches, L0, *, learning_rates=None, mesh=None) -> jax.Array:
+def rollout(
+    sim: Simulator, batches, L0, *, learning_rates=None, mesh=None, chunks=None
+) -> jax.Array:
     """Simulated trajectories; pure and jit-safe.
 
     Args:
@@ -171,6 +201,7 @@ def rollout(sim: Simulator, batches, L0, *, learning_rates=None, mesh=None) -> j
       learning_rates: ``float32[..., T]`` (or ``[T]``) the schedule of the curricula; needed
         by ``lr_scaled`` simulators, ignored by the others.
       mesh: optional ``sharding.test_mesh()``: test examples are split over its devices.
+      chunks: ``(test examples, curricula)`` simulated at once (``rollout_weighted``).
 
     Returns:
       ``float32[..., T+1, M]`` with L_0 as row 0.
@@ -182,7 +213,7 @@ def rollout(sim: Simulator, batches, L0, *, learning_rates=None, mesh=None) -> j
     flat = batches.reshape((-1, T, B)).astype(jnp.int32)
     ids, w = batch_mask(flat)
     s = lr_scales(sim, learning_rates, lead, T)
-    out = rollout_weighted(sim, ids, w, _lead_and_L0(sim, lead, L0), s, mesh=mesh)
+    out = rollout_weighted(sim, ids, w, _lead_and_L0(sim, lead, L0), s, mesh=mesh, chunks=chunks)
     return out.reshape(lead + (T + 1, sim.num_test))
 
 

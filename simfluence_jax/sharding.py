@@ -5,6 +5,10 @@ along their test axis across the devices of a one-dimensional ``Mesh`` named ``"
 and each device runs the same vmapped code on its share with ``jax.shard_map``: no
 communication is needed. M is padded up to a multiple of the device count with copies of
 the last test example, and the padding is dropped from the result.
+
+A mesh may span several processes (``jax.distributed``): every process then holds the whole
+problem, places its own shards of the per-test arrays on its devices, and gets the whole
+result back (an all-gather over the test axis, the only communication).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 TEST_AXIS = "test"
 
@@ -79,7 +83,18 @@ def map_over_test(
     )
     # Each shard runs independent per-test code; no replication checks are needed.
     sharded = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
-    out = jax.jit(sharded)(*padded, *shared)
+    args = (*padded, *shared)
+    spanning = any(d.process_index != jax.process_index() for d in mesh.devices.flat)
+    if spanning:  # global arrays: each process places the shards of its own devices
+        args = tuple(
+            jax.device_put(np.asarray(x), NamedSharding(mesh, sp)) for x, sp in zip(args, in_specs)
+        )
+    out = jax.jit(sharded)(*args)
     out_leaves = jax.tree_util.tree_leaves(out)
+    if spanning:
+        from jax.experimental import multihost_utils
+
+        out_leaves = [jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
+                      for x in out_leaves]  # fmt: skip
     trimmed = [jax.lax.slice_in_dim(x, 0, M, axis=a) for x, a in zip(out_leaves, axes_out)]
     return jax.tree_util.tree_unflatten(treedef, trimmed)

@@ -142,12 +142,29 @@ def test_cg_grid_starts_each_l2_from_the_previous_mu():
 
 def test_choice_by_size():
     small_rows = _problem()  # 12 runs x 5 steps = 60 rows, 60 unknowns
-    assert choose_solver(small_rows) == "direct"
     few_rows = RidgeProblem(
         small_rows.ids[:2], small_rows.Lp[:, :2], small_rows.y[:, :2], small_rows.num_train
     )
-    assert choose_solver(few_rows) == "dual"
-    assert choose_solver(small_rows, budget_bytes=1000) == "cg"
+    assert choose_solver(few_rows) == "dual"  # 10 rows, 60 unknowns
+    assert choose_solver(small_rows, budget_bytes=1000) == "cg"  # nothing fits: least memory
+
+
+@pytest.mark.parametrize(
+    "N,M,R,T,O,expected",
+    [
+        (200, 200, 25, 96, 66, ("direct", "cg")),  # GPTfluence: within 1.3x of each other
+        (1000, 500, 100, 96, 60, ("cg",)),  # direct 6x slower at the centre of the grid
+        (20000, 5000, 100, 96, 12, ("cg",)),  # direct's N x N blocks do not fit
+        (5000, 20, 2, 10, 4, ("dual",)),  # 20 rows, 10,000 unknowns
+    ],
+)
+def test_cost_model_choice(N, M, R, T, O, expected):
+    from simfluence_jax.solvers import cost
+
+    name, table = cost.choose(N=N, M=M, S=R * T, B=4, P=2 * N, O=O, budget=16 * 1024**3)
+    assert name in expected, table
+    if R * T > 2 * N:  # more rows than unknowns: the dual form is never the choice
+        assert table["dual"][0] > min(table["direct"][0], table["cg"][0])
 
 
 @pytest.mark.parametrize("l2", [0.0, -1.0, float("nan"), []])

@@ -8,7 +8,8 @@ Three solvers give the same answer (tests hold them to each other):
 * ``cg``: matrix-free preconditioned conjugate gradients; O(M (N + rows)) memory;
 * ``dual``: the kernel form, O(M rows^2) memory, when rows < unknowns.
 
-``choose_solver`` picks one by problem size; ``solve_ridge`` runs it, sharding test
+``choose_solver`` picks one by a cost model fitted to measured times (``solvers.cost``)
+within a memory budget (``solvers.memory``); ``solve_ridge`` runs it, sharding test
 examples over a mesh when one is given. ``solve_ridge_grid`` solves a whole (mu, l2) grid
 of the optimizer kernel: the direct solver in one compiled loop over mu that shares what
 does not depend on mu, CG warm-started from the previous mu's solution at the same l2, the
@@ -24,6 +25,7 @@ import numpy as np
 
 from simfluence_jax.registry import Registry
 from simfluence_jax.sharding import map_over_test
+from simfluence_jax.solvers import cost, memory
 from simfluence_jax.solvers.cg import solve_cg
 from simfluence_jax.solvers.common import occurrences
 from simfluence_jax.solvers.direct import solve_direct, solve_direct_grid
@@ -35,29 +37,16 @@ SOLVERS.register("direct")(solve_direct)
 SOLVERS.register("cg")(solve_cg)
 SOLVERS.register("dual")(solve_dual)
 
-#: Memory the automatic choice allows for one solver's dense matrices, in bytes.
-DENSE_BUDGET_BYTES = 2 * 1024**3
-
 
 def choose_solver(
-    problem: RidgeProblem, *, budget_bytes: int = DENSE_BUDGET_BYTES, kernel_rows=None
+    problem: RidgeProblem, *, budget_bytes: int | None = None, kernel_rows=None, num_l2: int = 1
 ) -> str:
-    """``dual`` when rows < unknowns and its Gram matrices fit; else ``direct`` if its
-    normal equations (and, for kernel rows, its N x O x N occurrence rows) fit the budget;
-    else ``cg``. ``kernel_rows`` (default: whether the problem's rows are not plain counts)
-    says whether the rows will be the kernel's."""
-    M, S, P = problem.num_test, problem.num_rows, problem.num_unknowns
-    itemsize = np.dtype(problem.Lp.dtype).itemsize
-    if S < P and 3 * M * S * S * itemsize <= budget_bytes:
-        return "dual"
-    dense = 3 * M * P * P
-    if (not problem.plain) if kernel_rows is None else kernel_rows:
-        ids = problem.ids[problem.ids >= 0]
-        most = int(np.bincount(ids, minlength=1).max(initial=0)) if ids.size else 0
-        dense += problem.num_train**2 * max(most, 1)
-    if dense * itemsize <= budget_bytes:
-        return "direct"
-    return "cg"
+    """The solver of least predicted time (``cost.choose``) among those whose memory, one
+    chunk of test examples at a time, fits ``budget_bytes`` (default
+    ``memory.MEMORY_BUDGET_BYTES``). ``kernel_rows`` (default: whether the problem's rows are
+    not plain counts) says whether the rows will be the kernel's; ``num_l2`` how many l2
+    values are solved."""
+    return cost.choose_for(problem, K=num_l2, kernel=kernel_rows, budget=budget_bytes)
 
 
 def solve_ridge(
@@ -69,6 +58,7 @@ def solve_ridge(
     tol: float | None = None,
     maxiter: int | None = None,
     x0=None,
+    chunk: int | None = None,
 ):
     """Solves the ridge problem for every test example and every l2.
 
@@ -80,16 +70,18 @@ def solve_ridge(
       tol, maxiter: CG stopping rule (ignored by the exact solvers).
       x0: CG's starting point, ``float[M, P]`` for every l2 or ``float[K, M, P]`` one per
         l2 (ignored by the exact solvers).
+      chunk: test examples solved at once (per device with a mesh); default: as many as
+        fit ``memory.MEMORY_BUDGET_BYTES`` (``memory.solver_bytes``).
 
     Returns:
       ``(A, B, info)``: ``A, B`` of shape ``[K, M, N]`` (zeros for unknowns the problem
       leaves out) and a dict naming the solver (and CG's iterations and residuals).
     """
     l2s = _check_l2s(l2s)
-    name = choose_solver(problem) if solver == "auto" else solver
+    name = choose_solver(problem, num_l2=len(l2s)) if solver == "auto" else solver
     fn = SOLVERS.get(name)
-    kw = _solver_keywords(problem, name, tol, maxiter)
-    info = {"solver": name}
+    kw = _solver_keywords(problem, name, tol, maxiter, chunk, len(l2s))
+    info = {"solver": name, "chunk": kw["chunk"]}
     dtype = problem.Lp.dtype
     ids = jnp.asarray(problem.ids)
     l2_arr = jnp.asarray(l2s, dtype)
@@ -100,7 +92,7 @@ def solve_ridge(
         x0 = jnp.asarray(x0, dtype)
         # The test axis of a per-l2 start [K, M, P] goes first for map_over_test.
         per_test += (x0 if x0.ndim == 2 else jnp.moveaxis(x0, 1, 0),)
-    if name == "direct" and not problem.plain:
+    if name == "direct":
         extra = tuple(map(jnp.asarray, occurrences(problem.ids, problem.num_train)))
     out = map_over_test(
         partial(_call, fn, kw, len(per_test) == 3, bool(kernel), len(extra)),
@@ -111,7 +103,7 @@ def solve_ridge(
     )
     if name == "cg":
         theta, iters, resid = out
-        info["iterations"] = np.asarray(iters)[:, 0].tolist()
+        info["iterations"] = np.asarray(iters).max(axis=1).tolist()  # most of any chunk
         info["max_relative_residual"] = np.asarray(resid).max(axis=1).tolist()
     else:
         theta = out
@@ -128,6 +120,7 @@ def solve_ridge_grid(
     mesh=None,
     tol: float | None = None,
     maxiter: int | None = None,
+    chunk: int | None = None,
 ):
     """Solves the kernel's ridge problem for every (mu, l2) of a grid.
 
@@ -141,7 +134,7 @@ def solve_ridge_grid(
       l2s: a float or a sequence of K floats, each > 0.
       momenta: a sequence of mu values in [0, 1).
       solver: ``"auto"`` (``choose_solver``), ``"direct"``, ``"cg"`` or ``"dual"``.
-      mesh, tol, maxiter: as for ``solve_ridge``.
+      mesh, tol, maxiter, chunk: as for ``solve_ridge``.
 
     Returns:
       ``(A, B, info)``: ``A, B`` of shape ``[n_mu, K, M, N]`` and a dict naming the solver
@@ -153,7 +146,11 @@ def solve_ridge_grid(
         raise ValueError(f"momenta must be a non-empty 1-D sequence, got {momenta!r}")
     if np.any(mus < 0) or np.any(mus >= 1):
         raise ValueError(f"every mu must lie in [0, 1), got {mus.tolist()}")
-    name = choose_solver(problem, kernel_rows=True) if solver == "auto" else solver
+    name = (
+        choose_solver(problem, kernel_rows=True, num_l2=len(l2s) * len(mus))
+        if solver == "auto"
+        else solver
+    )
     SOLVERS.get(name)  # names the known solvers if unknown
     problems = [problem.with_kernel(float(mu), problem.scales) for mu in mus]
     if name != "direct":
@@ -161,9 +158,10 @@ def solve_ridge_grid(
         As, Bs, info, x0 = [], [], {"solver": name}, None
         for p in problems:
             A, B, step = solve_ridge(p, l2s, solver=name, mesh=mesh, tol=tol, maxiter=maxiter,
-                                     x0=x0)  # fmt: skip
+                                     x0=x0, chunk=chunk)  # fmt: skip
             As.append(A)
             Bs.append(B)
+            info["chunk"] = step["chunk"]
             if name == "cg":
                 info.setdefault("iterations", []).append(step["iterations"])
                 x0 = _theta(p, A, B)
@@ -172,7 +170,7 @@ def solve_ridge_grid(
     filters = np.stack([p.kernel_arrays(dtype)[0] for p in problems])
     scales = problems[0].kernel_arrays(dtype)[1]
     rows, weights = occurrences(problem.ids, problem.num_train)
-    kw = _solver_keywords(problem, name, tol, maxiter)
+    kw = _solver_keywords(problem, name, tol, maxiter, chunk, len(l2s), kernel=True)
     shared = (problem.ids, l2s.astype(dtype), filters, scales, rows, weights)
     theta = map_over_test(
         lambda Lp, y, ids, l2, F, s, *occ: solve_direct_grid(ids, Lp, y, l2, F, s, occ, **kw),
@@ -182,7 +180,7 @@ def solve_ridge_grid(
         mesh=mesh,
     )
     A, B = problem.split_theta(theta)
-    return A, B, {"solver": name}
+    return A, B, {"solver": name, "chunk": kw["chunk"]}
 
 
 def _check_l2s(l2s) -> np.ndarray:
@@ -194,8 +192,16 @@ def _check_l2s(l2s) -> np.ndarray:
     return l2s
 
 
-def _solver_keywords(problem: RidgeProblem, name: str, tol, maxiter) -> dict:
-    kw = dict(num_train=problem.num_train, use_A=problem.use_A, use_B=problem.use_B)
+def _solver_keywords(
+    problem: RidgeProblem, name: str, tol, maxiter, chunk, K: int, kernel=None
+) -> dict:
+    if chunk is None:
+        shared, per_test = memory.problem_bytes(name, problem, K, kernel)
+        chunk = memory.chunk_for(shared, per_test, problem.num_test)
+    elif int(chunk) < 1:
+        raise ValueError(f"chunk must be a positive number of test examples, got {chunk!r}")
+    kw = dict(num_train=problem.num_train, use_A=problem.use_A, use_B=problem.use_B,
+              chunk=int(chunk))  # fmt: skip
     if name == "cg":
         eps = float(np.finfo(problem.Lp.dtype).eps)
         kw["tol"] = tol if tol is not None else max(1e-12, 10 * eps)

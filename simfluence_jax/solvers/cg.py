@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from simfluence_jax.solvers.common import (
     dense_rows,
+    map_chunks,
     masked_ids,
     predict_rows,
     rhs_one,
@@ -28,9 +29,9 @@ from simfluence_jax.solvers.common import (
 )
 
 
-def _block_diag(ids, w, Lp, num_train, kernel):
+def _block_diag(ids, w, Lp, num_train, kernel, X2=None):
     """Per-id 2x2 diagonal blocks of X^T X for every test example: (d_AA, d_AB, d_BB),
-    each ``[M, N]`` (``Lp: [M, T, R]``)."""
+    each ``[M, N]`` (``Lp: [M, T, R]``; ``X2 [T, R, N]``: the kernel rows squared)."""
     if kernel is None:
         # Plain rows: an id present k times in a row contributes k^2 times the row weight.
         same = (ids[..., :, None] == ids[..., None, :]) & (w[..., :, None] > 0)
@@ -41,7 +42,6 @@ def _block_diag(ids, w, Lp, num_train, kernel):
 
         per_test = jax.vmap(lambda lp: (scatter(lp * lp), scatter(lp), scatter(jnp.ones_like(lp))))
         return per_test(Lp)
-    X2 = dense_rows(ids, w, num_train, kernel) ** 2  # [T, R, N]
     return (
         jnp.einsum("mtr,trn->mn", Lp * Lp, X2),
         jnp.einsum("mtr,trn->mn", Lp, X2),
@@ -67,7 +67,7 @@ def _preconditioner(blocks, l2, num_train, use_A, use_B):
     return lambda r: r / diag
 
 
-@partial(jax.jit, static_argnames=("num_train", "use_A", "use_B", "maxiter"))
+@partial(jax.jit, static_argnames=("num_train", "use_A", "use_B", "maxiter", "chunk"))
 def solve_cg(
     ids,
     Lp,
@@ -81,6 +81,7 @@ def solve_cg(
     use_B: bool = True,
     tol: float = 1e-6,
     maxiter: int = 1000,
+    chunk: int = 256,
 ):
     """Ridge solutions by preconditioned CG for every test example and every l2.
 
@@ -91,14 +92,35 @@ def solve_cg(
       kernel: ``(F [T, T], scales [T, R])`` for the optimizer kernel's rows, or ``None``.
       x0: optional starting point (default zeros): ``float[M, P]`` for every l2, or
         ``float[K, M, P]``, one per l2 (e.g. the solutions of a neighbouring mu).
+      chunk: test examples iterated together (``lax.map`` over chunks bounds the memory).
 
     Returns:
       ``(theta float[K, M, P], iterations int32[K, M], rel_residual float[K, M])``; the
-      iteration count is that of the whole batch, repeated per test example.
+      iteration count is that of the test example's chunk, repeated per test example.
     """
     ids, w = masked_ids(ids)
     dtype = Lp.dtype
     w = w.astype(dtype)
+    X2 = None if kernel is None else dense_rows(ids, w, num_train, kernel) ** 2  # [T, R, N]
+    l2s = l2s.astype(dtype)
+    if x0 is None:
+        per_test = (Lp, y)
+    else:
+        x0 = jnp.asarray(x0, dtype)
+        per_test = (Lp, y, x0 if x0.ndim == 2 else jnp.moveaxis(x0, 1, 0))
+
+    def one_chunk(Lp, y, x0=None):
+        if x0 is not None and x0.ndim == 3:
+            x0 = jnp.moveaxis(x0, 0, 1)
+        return _cg_chunk(ids, w, Lp, y, l2s, kernel, X2, x0, num_train, use_A, use_B, tol,
+                         maxiter)  # fmt: skip
+
+    return map_chunks(one_chunk, per_test, chunk, test_axis_out=1)
+
+
+def _cg_chunk(ids, w, Lp, y, l2s, kernel, X2, x0, num_train, use_A, use_B, tol, maxiter):
+    """``solve_cg`` on one chunk of test examples (``Lp, y: [m, T, R]``)."""
+    dtype = Lp.dtype
     M = Lp.shape[0]
     args = (num_train, use_A, use_B, kernel)
 
@@ -107,13 +129,11 @@ def solve_cg(
 
     batched_gram = jax.vmap(gram)
     rhs = jax.vmap(lambda lp, yy: rhs_one(ids, w, lp, yy, *args))(Lp, y)
-    blocks = _block_diag(ids, w, Lp, num_train, kernel)
+    blocks = _block_diag(ids, w, Lp, num_train, kernel, X2)
     rhs_norm = jnp.maximum(jnp.linalg.norm(rhs, axis=-1), jnp.finfo(dtype).tiny)
-    l2s = l2s.astype(dtype)
     if x0 is None:
         starts = jnp.zeros((l2s.shape[0],) + rhs.shape, dtype)
     else:
-        x0 = jnp.asarray(x0, dtype)
         starts = jnp.broadcast_to(x0, (l2s.shape[0],) + rhs.shape) if x0.ndim == 2 else x0
 
     def solve(args):

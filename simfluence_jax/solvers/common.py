@@ -108,3 +108,33 @@ def dense_rows(ids, w, num_train: int, kernel) -> jax.Array:
         return counts
     F, scales = kernel
     return scales[..., None] * jnp.einsum("tk,krn->trn", F, counts)
+
+
+def map_chunks(fn, per_test, chunk: int, test_axis_out=0):
+    """``fn(*per_test)`` computed ``chunk`` test examples at a time (``lax.map``).
+
+    ``per_test`` arrays have the test axis (length M) first; M is padded to a multiple of
+    ``chunk`` with copies of the last test example. ``fn`` maps a chunk to outputs whose
+    test axis is ``test_axis_out``; the result has M entries along it, as ``fn`` on all.
+    """
+    M = per_test[0].shape[0]
+    chunk = max(1, min(int(chunk), M))
+    if chunk == M:
+        return fn(*per_test)
+    n = -(-M // chunk)
+    pad = n * chunk - M
+
+    def split(x):
+        if pad:
+            x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
+        return x.reshape((n, chunk) + x.shape[1:])
+
+    out = jax.lax.map(lambda xs: fn(*xs), tuple(split(x) for x in per_test))
+
+    def merge(y):
+        a = test_axis_out
+        y = jnp.moveaxis(y, 0, a)  # [..., n, chunk, ...] with n at the test axis
+        y = y.reshape(y.shape[:a] + (n * chunk,) + y.shape[a + 2 :])
+        return jax.lax.slice_in_dim(y, 0, M, axis=a)
+
+    return jax.tree_util.tree_map(merge, out)
