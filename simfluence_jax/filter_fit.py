@@ -57,8 +57,8 @@ from simfluence_jax.fitting.choice import MOMENTUM_GRID, l2_grid, rollout_mse
 from simfluence_jax.fitting.ridge import ALPHA_FORMS, lr_reference
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.filter import FilterSimulator
-from simfluence_jax.solvers import DENSE_BUDGET_BYTES
-from simfluence_jax.solvers.direct import solve_normal
+from simfluence_jax.solvers.direct import solve_blocks
+from simfluence_jax.solvers.memory import MEMORY_BUDGET_BYTES
 
 #: Filter length of ``linear_filter`` when none is given (capped at T - 1).
 DEFAULT_FILTER_LENGTH = 8
@@ -117,11 +117,30 @@ def _predict(theta, h, data, N: int):
     return s * (Lp * af + bf), a, b
 
 
+def solve_normal(S0, S2, S1, r, l2s) -> jax.Array:
+    """``theta [L, M, 2N]`` of ``(G + l2 I) theta = r`` for every l2 of ``l2s [L]``, with
+    ``G = [[S2, S1], [S1, S0]]`` (``S0 [N, N]`` shared, ``S2, S1 [M, N, N]``, ``r [M, 2N]``):
+    the direct solver's elimination of the shared block (``solvers.direct.solve_blocks``,
+    one eigendecomposition of ``S0`` for every test example and l2)."""
+    lam, U = jnp.linalg.eigh(S0)
+    lam = jnp.maximum(lam, 0.0)  # S0 is PSD; rounding can leave tiny negative eigenvalues
+    N = S0.shape[0]
+    Q = S1 @ U
+
+    def one_l2(l2):
+        def one_test(S2m, Qm, rm):
+            return solve_blocks(lam, U, S2m, Qm, rm[:N], rm[N:], l2, True, True)
+
+        return jax.vmap(one_test)(S2, Q, r)
+
+    return jax.lax.map(one_l2, l2s)
+
+
 @partial(jax.jit, static_argnames=("N",))
 def _evaluate(h, data, l2s, *, N: int):
     """``(theta [L, M, 2N], f [L], blocks)``: the ridge solution and objective per l2."""
     blocks = _blocks(h, data, N)
-    theta = solve_normal(*blocks, l2s, use_A=True, use_B=True)
+    theta = solve_normal(*blocks[:3], blocks[3], l2s)
     y = data[3]
 
     def objective(th, l2):
@@ -154,8 +173,7 @@ def _gauss_newton(h, theta, blocks, data, l2, *, N: int):
     rhs = jnp.concatenate([part(Lp), part(1.0)], axis=-1)  # [K, M, 2N]
     S0, S2, S1, _ = blocks
     # One factorisation for every tap: only the right-hand sides are batched.
-    dtheta = jax.vmap(lambda r: solve_normal(S0, S2, S1, r, l2[None], use_A=True,
-                                             use_B=True)[0])(rhs)  # fmt: skip
+    dtheta = jax.vmap(lambda r: solve_normal(S0, S2, S1, r, l2[None])[0])(rhs)
     E = Z + jax.vmap(lambda th: _predict(th, h, data, N)[0])(dtheta)  # -d res / d h_k
     H = jnp.einsum("kmrt,lmrt->kl", E, E) + l2 * jnp.einsum("kmp,lmp->kl", dtheta, dtheta)
     return g, H
@@ -279,10 +297,10 @@ def fit_filter(
     lr_ref = lr_reference(runs, validation) if lr_scaled else None
     N, M = runs.num_train, runs.num_test
     need = 3 * M * N * N * np.dtype(dtype).itemsize
-    if need > DENSE_BUDGET_BYTES:
+    if need > MEMORY_BUDGET_BYTES:
         raise ValueError(
             f"the filter kernel's fit holds the normal equations of all {M} test examples "
-            f"({need / 2**30:.1f} GiB, over {DENSE_BUDGET_BYTES / 2**30:.0f} GiB); fit the "
+            f"({need / 2**30:.1f} GiB, over {MEMORY_BUDGET_BYTES / 2**30:.0f} GiB); fit the "
             "test examples in groups (RunSet.select_test) or use the momentum kernel"
         )
     alpha0 = ALPHA_FORMS[alpha]
