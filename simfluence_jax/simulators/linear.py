@@ -29,11 +29,13 @@ Special cases (all the same class, different fitted parameters):
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from simfluence_jax.simulators.base import AffineSimulator, simulator_dataclass, static_field
+from simfluence_jax.simulators.fitter import Fitter
 
 
 @simulator_dataclass
@@ -61,6 +63,12 @@ class LinearSimulator(AffineSimulator):
     alpha0: float = static_field(0.0)
     lr_scaled: bool = static_field(False)
     name: str = static_field("linear")
+
+    ARRAY_SHAPES: ClassVar[dict[str, tuple]] = {
+        "A": ("f", ("M", "N")),
+        "B": ("f", ("M", "N")),
+        "seen": ("b", ("N",)),
+    }
 
     def per_test(self):
         M = jnp.shape(self.A)[0]
@@ -106,6 +114,8 @@ class MeanSimulator(AffineSimulator):
     delta: jax.Array
     name: str = static_field("mean")
 
+    ARRAY_SHAPES: ClassVar[dict[str, tuple]] = {"delta": ("f", ("M", "T"))}
+
     def per_test(self):
         return self.delta
 
@@ -116,3 +126,31 @@ class MeanSimulator(AffineSimulator):
 
     def restrict(self, tests):
         return self.replace(delta=jnp.asarray(self.delta)[tests])
+
+
+def _fitting(attr: str, **record) -> Fitter:
+    """A fitter of ``fitting.linear`` (referenced by name: ``fitting`` imports this module)."""
+    return Fitter(f"simfluence_jax.fitting.linear:{attr}", **record)
+
+
+EXTENSIONS = {
+    "simulator class": {"LinearSimulator": LinearSimulator, "MeanSimulator": MeanSimulator},
+    "simulator": {
+        "linear": _fitting("fit_linear", doc="Simfluence-Linear with the optimizer kernel"),
+        "linear_kernel": _fitting(
+            "fit_linear_kernel", doc="Linear with mu chosen on validation runs, lr-scaled"
+        ),
+        "linear_one_plus_sum": _fitting(
+            "fit_linear_one_plus_sum", doc="Linear in the one_plus_sum form: alpha = 1 + sum A_i"
+        ),
+        "additive": _fitting("fit_additive", doc="additive (TracIn-like): A = 0"),
+        "multiplicative": _fitting("fit_multiplicative", doc="multiplicative: B = 0"),
+        "constant": _fitting("fit_constant", group="control", doc="control: L_t = L_0"),
+        "mean": _fitting(
+            "fit_mean", group="control", doc="control: the mean change, ignoring the curriculum"
+        ),
+        "shuffled": _fitting(
+            "fit_shuffled", group="control", doc="control: Linear's (A_i, B_i) permuted"
+        ),
+    },
+}
