@@ -74,28 +74,32 @@ def fit_linear_kernel(
     return sim.replace(name="linear_kernel")
 
 
-def fit_additive(
-    runs, *, l2=None, validation=None, solver="auto", mesh=None, momentum=0.0, lr_scaled=False,
-    dtype=np.float32,
-):  # fmt: skip
-    """Additive (TracIn-like): L_t = L_{t-1} + s_t B . x_t."""
-    return ridge_fit(
-        runs, name="additive", alpha0=1.0, use_A=False, use_B=True, l2=l2,
-        validation=validation, solver=solver, mesh=mesh, momentum=momentum,
-        lr_scaled=lr_scaled, dtype=dtype,
-    )  # fmt: skip
+def _special_case(name: str, doc: str, *, alpha0: float, use_A: bool, use_B: bool):
+    """The ridge fitter of a special case of Linear: a fixed alpha0 and only A or only B."""
+
+    def fit(
+        runs, *, l2=None, validation=None, solver="auto", mesh=None, momentum=0.0,
+        lr_scaled=False, dtype=np.float32,
+    ):  # fmt: skip
+        return ridge_fit(
+            runs, name=name, alpha0=alpha0, use_A=use_A, use_B=use_B, l2=l2,
+            validation=validation, solver=solver, mesh=mesh, momentum=momentum,
+            lr_scaled=lr_scaled, dtype=dtype,
+        )  # fmt: skip
+
+    fit.__name__ = fit.__qualname__ = f"fit_{name}"
+    fit.__doc__ = doc
+    return fit
 
 
-def fit_multiplicative(
-    runs, *, l2=None, validation=None, solver="auto", mesh=None, momentum=0.0, lr_scaled=False,
-    dtype=np.float32,
-):  # fmt: skip
-    """Multiplicative: L_t = (s_t A . x_t) L_{t-1}."""
-    return ridge_fit(
-        runs, name="multiplicative", alpha0=0.0, use_A=True, use_B=False, l2=l2,
-        validation=validation, solver=solver, mesh=mesh, momentum=momentum,
-        lr_scaled=lr_scaled, dtype=dtype,
-    )  # fmt: skip
+fit_additive = _special_case(
+    "additive", "Additive (TracIn-like): L_t = L_{t-1} + s_t B . x_t.",
+    alpha0=1.0, use_A=False, use_B=True,
+)  # fmt: skip
+fit_multiplicative = _special_case(
+    "multiplicative", "Multiplicative: L_t = (s_t A . x_t) L_{t-1}.",
+    alpha0=0.0, use_A=True, use_B=False,
+)  # fmt: skip
 
 
 def fit_constant(runs, *, validation=None, mesh=None):

@@ -33,10 +33,11 @@ import jax.numpy as jnp
 
 from simfluence_jax.simulators.base import AffineSimulator, simulator_dataclass, static_field
 from simfluence_jax.simulators.fitter import Fitter
+from simfluence_jax.simulators.linear import PairEffects
 
 
 @simulator_dataclass
-class FilterSimulator(AffineSimulator):
+class FilterSimulator(PairEffects, AffineSimulator):
     """Simfluence-Linear with a learned causal filter of the batch counts.
 
     Attributes:
@@ -92,19 +93,8 @@ class FilterSimulator(AffineSimulator):
         return state, self.alpha0 + s * a, s * b
 
     @property
-    def lr_reference(self):
-        return self.lr_ref if self.lr_scaled else None
-
-    def seen_ids(self):
-        return self.seen
-
-    def restrict(self, tests):
-        return self.replace(A=jnp.asarray(self.A)[tests], B=jnp.asarray(self.B)[tests])
-
-    def count_effects(self):
-        if self.filter_length != 0 or self.lr_scaled:
-            return None
-        return float(self.alpha0), jnp.asarray(self.A), jnp.asarray(self.B)
+    def memoryless(self) -> bool:
+        return self.filter_length == 0
 
 
 EXTENSIONS = {

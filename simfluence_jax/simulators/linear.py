@@ -38,8 +38,35 @@ from simfluence_jax.simulators.base import AffineSimulator, simulator_dataclass,
 from simfluence_jax.simulators.fitter import Fitter
 
 
+class PairEffects:
+    """What the simulators with per-pair ``A, B: float32[M, N]``, a ``seen: bool[N]`` mask and
+    an optional learning-rate scale share (``LinearSimulator``, ``FilterSimulator``): the
+    accessors of ``Simulator`` and ``count_effects`` when the step has no memory of earlier
+    batches (``memoryless``) and no scale."""
+
+    @property
+    def memoryless(self) -> bool:
+        """Whether step t depends on the batch of step t only."""
+        raise NotImplementedError
+
+    @property
+    def lr_reference(self):
+        return self.lr_ref if self.lr_scaled else None
+
+    def seen_ids(self):
+        return self.seen
+
+    def restrict(self, tests):
+        return self.replace(A=jnp.asarray(self.A)[tests], B=jnp.asarray(self.B)[tests])
+
+    def count_effects(self):
+        if not self.memoryless or self.lr_scaled:
+            return None
+        return float(self.alpha0), jnp.asarray(self.A), jnp.asarray(self.B)
+
+
 @simulator_dataclass
-class LinearSimulator(AffineSimulator):
+class LinearSimulator(PairEffects, AffineSimulator):
     """Index-based Simfluence-Linear family with the optimizer kernel.
 
     Attributes:
@@ -85,19 +112,8 @@ class LinearSimulator(AffineSimulator):
         return (a, b), self.alpha0 + s * a, s * b
 
     @property
-    def lr_reference(self):
-        return self.lr_ref if self.lr_scaled else None
-
-    def seen_ids(self):
-        return self.seen
-
-    def restrict(self, tests):
-        return self.replace(A=jnp.asarray(self.A)[tests], B=jnp.asarray(self.B)[tests])
-
-    def count_effects(self):
-        if float(self.momentum) != 0.0 or self.lr_scaled:
-            return None
-        return float(self.alpha0), jnp.asarray(self.A), jnp.asarray(self.B)
+    def memoryless(self) -> bool:
+        return float(self.momentum) == 0.0
 
 
 @simulator_dataclass
