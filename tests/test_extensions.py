@@ -18,7 +18,13 @@ from simulator_battery import check_removal_effects, check_rollout
 
 import simfluence_jax as sj
 from simfluence_jax import cli, importers, registry, simulators
-from simfluence_jax.fitting import SIMULATORS, accepted_keywords, required_inputs, simulator_group
+from simfluence_jax.fitting import (
+    SIMULATORS,
+    Fitter,
+    accepted_keywords,
+    required_inputs,
+    simulator_group,
+)
 from simfluence_jax.importers import IMPORTERS
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.io import SIMULATOR_CLASSES, load_simulator, save_simulator
@@ -281,3 +287,23 @@ def test_named_in_the_environment_the_simfluence_command_uses_them(tmp_path):
     table = json.loads((tmp_path / "table.json").read_text())
     assert set(table) == {"drift", "constant"}
     assert table["drift"]["mse_mean"] < 1e-6 < table["constant"]["mse_mean"]
+
+
+def test_a_malformed_declaration_is_named():
+    with pytest.raises(ValueError, match="'nowhere' is not a 'module:attr' reference"):
+        Fitter("nowhere")
+    with pytest.raises(ValueError, match="fit must be callable"):
+        Fitter(42)
+    with pytest.raises(ValueError, match="inputs must be a tuple"):
+        Fitter(len, inputs="gradients")
+    with pytest.raises(ValueError, match="cannot load 'no_such_module_x:fit'"):
+        Fitter("no_such_module_x:fit").load()
+    SIMULATORS.register("not_a_fitter_x")(42)
+    try:
+        with pytest.raises(
+            ValueError, match=r"'not_a_fitter_x' \(declared by register\(\)\) is not a Fitter: 42"
+        ):
+            sj.fit_simulator("not_a_fitter_x", _runs_of_the_law(DRIFT))
+    finally:
+        SIMULATORS.forget("register()")
+    assert "not_a_fitter_x" not in SIMULATORS.names()

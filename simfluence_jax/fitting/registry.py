@@ -49,8 +49,7 @@ def fitter(name: str) -> Fitter:
     if callable(entry):
         return Fitter(entry)
     raise ValueError(
-        f"simulator {name!r} (declared by {SIMULATORS.origin(name)}) is a "
-        f"{type(entry).__name__}, not a Fitter"
+        f"simulator {name!r} (declared by {SIMULATORS.origin(name)}) is not a Fitter: {entry!r}"
     )
 
 

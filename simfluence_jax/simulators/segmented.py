@@ -15,6 +15,10 @@ case of Simfluence-Linear): ``S`` positive means the example lowers the test los
 functions) that still follows the learning-rate schedule and the batch size.
 
 Steps past the end of the stored schedule use its last rate and segment.
+
+This module also declares the gradient baselines' fitters (``GRADIENT_BASELINES``, raw and
+calibrated), which return this simulator; they live in ``gradients.baselines`` (the
+training stack) and are imported on first use.
 """
 
 from __future__ import annotations
