@@ -18,7 +18,8 @@ package and nothing else: no list to edit, no import kept for its side effect. M
 outside the package join through :func:`add_extension_module` or the environment variable
 ``SIMFLUENCE_JAX_EXTENSIONS`` (module names separated by commas), which is how a user's own
 simulator reaches the ``simfluence`` command. ``Registry.register`` remains for entries
-made at run time (a task read from a file, a test's stand-in).
+made at run time (a task read from a file, a test's stand-in). :func:`forget_module` takes
+back what one module declared, from every registry (a test's throwaway extension).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -36,6 +38,8 @@ DECLARATION = "EXTENSIONS"
 #: Extension modules outside the packages, comma-separated (read at every lookup).
 ENV_VARIABLE = "SIMFLUENCE_JAX_EXTENSIONS"
 _ADDED_MODULES: list[str] = []
+#: Every registry made, for :func:`forget_module`.
+_REGISTRIES: weakref.WeakSet = weakref.WeakSet()
 
 
 def add_extension_module(module: str) -> None:
@@ -54,6 +58,16 @@ def remove_extension_module(module: str) -> None:
     """Undoes :func:`add_extension_module` for later lookups (entries already read stay)."""
     if module in _ADDED_MODULES:
         _ADDED_MODULES.remove(module)
+
+
+def forget_module(module: str) -> None:
+    """Takes back what ``module`` declared: its entries leave every registry, and
+    :func:`add_extension_module` is undone for it. A module still listed (in a registry's
+    package, or in the environment variable) is read again at the next lookup, so remove it
+    from there (and from ``sys.modules``) first to forget it for good."""
+    remove_extension_module(module)
+    for registry in list(_REGISTRIES):
+        registry.forget(module)
 
 
 def _import(module: str):
@@ -92,6 +106,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._origin: dict[str, str] = {}
         self._read: set[str] = set()
+        _REGISTRIES.add(self)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@REG.register("linear")`` stores the decorated object under a name
@@ -131,6 +146,12 @@ class Registry(Generic[T]):
             declared = getattr(_import(module), DECLARATION, {})
             for name, obj in declared.get(self.kind, {}).items():
                 self._add(name, obj, origin=module)
+
+    def forget(self, module: str) -> None:
+        """Drops the entries ``module`` declared and marks it unread (see :func:`forget_module`)."""
+        for name in [n for n, origin in self._origin.items() if origin == module]:
+            del self._items[name], self._origin[name]
+        self._read.discard(module)
 
     def get(self, name: str) -> T:
         if name not in self._items:

@@ -6,8 +6,9 @@
 Every import counts: module level, class bodies, ``try``/``if`` blocks and function bodies,
 not ``if TYPE_CHECKING:`` blocks. An import inside a function that a rule forbids is allowed
 only when ``LAZY_IMPORTS`` lists it with its reason (and the list holds nothing stale).
-Modules imported by name (``importlib.import_module``: the ``LazyFitter`` entries of
-``fitting.registry``, gin's configurables) are not imports here.
+Modules imported by name (``importlib.import_module``: the ``"module:attr"`` fitters of
+the ``Fitter`` records, the modules the registries list, gin's configurables) are not
+imports here.
 Importing ``simfluence_jax`` and fitting a core simulator without the training stack is
 ``test_core_only.py``'s check. ``from simfluence_jax import NAME`` is resolved through the
 package's lazy export table, so a name exported from another layer counts as an import of

@@ -10,14 +10,17 @@ lowest all-steps MSE wins (not the one-step error, which rewards fits that drift
 their own predictions). ``momentum="auto"`` does the same over a grid of mu, so the choice
 costs one solve of the l2 path per mu.
 
-``SIMULATORS`` is the only source of simulators: importing ``simfluence_jax`` registers every
-fitter, those that need the training stack (gradient baselines, the featurized simulator) as
-``LazyFitter`` entries that import their module on first use. Every fitter declares its
-keywords and the inputs it needs beyond the runs (``gradients``, ``features``) and its report
-group; ``fit_simulator`` rejects unknown keywords by name, and ``fit_all`` passes each fitter
-only the keywords it declares and names a missing input.
+``SIMULATORS`` is the only source of simulators. Each name is a ``Fitter`` record
+(``simulators.fitter``) that the module of its simulator class declares in its
+``EXTENSIONS``; ``SIMULATORS`` finds them by listing ``simfluence_jax/simulators/`` (and any
+extension module, ``simfluence_jax.registry``). Fitters that need the training stack
+(gradient baselines, the featurized simulator) are ``"module:attr"`` references imported on
+first use. A record gives the inputs its fitter needs beyond the runs (``gradients``,
+``features``) and its report group; the fitter's keyword-only parameters are its keywords.
+``fit_simulator`` rejects unknown keywords by name, and ``fit_all`` passes each fitter only
+the keywords it declares and names a missing input.
 
-The modules: ``registry`` (``SIMULATORS``, ``LazyFitter``, ``fit_simulator``, ``fit_all``),
+The modules: ``registry`` (``SIMULATORS``, ``fitter``, ``fit_simulator``, ``fit_all``),
 ``linear`` (the registered Linear-family fitters and the controls), ``ridge`` (the ridge fit
 over a (mu, l2) grid; ``ridge.GRID_CHUNK_BYTES`` bounds the memory of a grid) and ``choice``
 (the grids and the validation rollout error).
@@ -30,7 +33,7 @@ from simfluence_jax.fitting.choice import (
     path_mse,
     rollout_mse,
 )
-from simfluence_jax.fitting.linear import (  # registers them in SIMULATORS
+from simfluence_jax.fitting.linear import (
     fit_additive,
     fit_constant,
     fit_linear,
@@ -44,10 +47,11 @@ from simfluence_jax.fitting.registry import (
     CALIBRATED_SUFFIX,
     GRADIENT_BASELINES,
     SIMULATORS,
-    LazyFitter,
+    Fitter,
     accepted_keywords,
     fit_all,
     fit_simulator,
+    fitter,
     required_inputs,
     simulator_group,
 )
@@ -61,7 +65,7 @@ __all__ = [
     "GRADIENT_BASELINES",
     "MOMENTUM_GRID",
     "SIMULATORS",
-    "LazyFitter",
+    "Fitter",
     "accepted_keywords",
     "fit_additive",
     "fit_all",
@@ -73,6 +77,7 @@ __all__ = [
     "fit_multiplicative",
     "fit_shuffled",
     "fit_simulator",
+    "fitter",
     "path_mse",
     "required_inputs",
     "rollout_mse",

@@ -1,4 +1,5 @@
-"""The registered fitters of the Simfluence-Linear family and the controls.
+"""The fitters of the Simfluence-Linear family and the controls (their names, groups and
+docs are declared with their classes in ``simulators/linear.py``).
 
 ``linear``, ``additive``, ``multiplicative`` and ``shuffled`` are ridge fits
 (``ridge.ridge_fit``), optionally with the optimizer kernel's rows (``momentum``,
@@ -10,12 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from simfluence_jax.fitting.registry import SIMULATORS
 from simfluence_jax.fitting.ridge import ALPHA_FORMS, ridge_fit
 from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
 
 
-@SIMULATORS.register("linear")
 def fit_linear(
     runs, *, l2=None, validation=None, solver="auto", mesh=None, alpha="sum", momentum=0.0,
     lr_scaled=False, dtype=np.float32, prior=None, kernel="momentum", filter_length=None,
@@ -49,7 +48,6 @@ def fit_linear(
     )  # fmt: skip
 
 
-@SIMULATORS.register("linear_kernel")
 def fit_linear_kernel(
     runs, *, l2=None, validation=None, solver="auto", mesh=None, alpha=None, momentum="auto",
     lr_scaled=None, dtype=np.float32,
@@ -76,33 +74,34 @@ def fit_linear_kernel(
     return sim.replace(name="linear_kernel")
 
 
-@SIMULATORS.register("additive")
-def fit_additive(
-    runs, *, l2=None, validation=None, solver="auto", mesh=None, momentum=0.0, lr_scaled=False,
-    dtype=np.float32,
-):  # fmt: skip
-    """Additive (TracIn-like): L_t = L_{t-1} + s_t B . x_t."""
-    return ridge_fit(
-        runs, name="additive", alpha0=1.0, use_A=False, use_B=True, l2=l2,
-        validation=validation, solver=solver, mesh=mesh, momentum=momentum,
-        lr_scaled=lr_scaled, dtype=dtype,
-    )  # fmt: skip
+def _special_case(name: str, doc: str, *, alpha0: float, use_A: bool, use_B: bool):
+    """The ridge fitter of a special case of Linear: a fixed alpha0 and only A or only B."""
+
+    def fit(
+        runs, *, l2=None, validation=None, solver="auto", mesh=None, momentum=0.0,
+        lr_scaled=False, dtype=np.float32,
+    ):  # fmt: skip
+        return ridge_fit(
+            runs, name=name, alpha0=alpha0, use_A=use_A, use_B=use_B, l2=l2,
+            validation=validation, solver=solver, mesh=mesh, momentum=momentum,
+            lr_scaled=lr_scaled, dtype=dtype,
+        )  # fmt: skip
+
+    fit.__name__ = fit.__qualname__ = f"fit_{name}"
+    fit.__doc__ = doc
+    return fit
 
 
-@SIMULATORS.register("multiplicative")
-def fit_multiplicative(
-    runs, *, l2=None, validation=None, solver="auto", mesh=None, momentum=0.0, lr_scaled=False,
-    dtype=np.float32,
-):  # fmt: skip
-    """Multiplicative: L_t = (s_t A . x_t) L_{t-1}."""
-    return ridge_fit(
-        runs, name="multiplicative", alpha0=0.0, use_A=True, use_B=False, l2=l2,
-        validation=validation, solver=solver, mesh=mesh, momentum=momentum,
-        lr_scaled=lr_scaled, dtype=dtype,
-    )  # fmt: skip
+fit_additive = _special_case(
+    "additive", "Additive (TracIn-like): L_t = L_{t-1} + s_t B . x_t.",
+    alpha0=1.0, use_A=False, use_B=True,
+)  # fmt: skip
+fit_multiplicative = _special_case(
+    "multiplicative", "Multiplicative: L_t = (s_t A . x_t) L_{t-1}.",
+    alpha0=0.0, use_A=True, use_B=False,
+)  # fmt: skip
 
 
-@SIMULATORS.register("constant")
 def fit_constant(runs, *, validation=None, mesh=None):
     """Control: L^_t = L_0 for every curriculum."""
     del validation, mesh
@@ -111,7 +110,6 @@ def fit_constant(runs, *, validation=None, mesh=None):
                            name="constant")  # fmt: skip
 
 
-@SIMULATORS.register("mean")
 def fit_mean(runs, *, validation=None, mesh=None):
     """Control: the mean per-step change over the fitting runs, ignoring the curriculum."""
     del validation, mesh
@@ -119,7 +117,6 @@ def fit_mean(runs, *, validation=None, mesh=None):
     return MeanSimulator(delta=delta.astype(np.float32))
 
 
-@SIMULATORS.register("shuffled")
 def fit_shuffled(
     runs, *, seed: int = 0, l2=None, validation=None, solver="auto", mesh=None, alpha="sum",
     momentum=0.0, lr_scaled=False,
@@ -139,7 +136,6 @@ def fit_shuffled(
     return sim.replace(A=A, B=B, name="shuffled")
 
 
-@SIMULATORS.register("linear_one_plus_sum")
 def fit_linear_one_plus_sum(
     runs, *, l2=None, validation=None, solver="auto", mesh=None, momentum=0.0, lr_scaled=False,
     dtype=np.float32, prior=None,
@@ -149,6 +145,3 @@ def fit_linear_one_plus_sum(
         runs, l2=l2, validation=validation, solver=solver, mesh=mesh, alpha="one_plus_sum",
         momentum=momentum, lr_scaled=lr_scaled, dtype=dtype, prior=prior,
     )  # fmt: skip
-
-
-fit_constant.group = fit_mean.group = fit_shuffled.group = "control"

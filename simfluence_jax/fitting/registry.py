@@ -1,83 +1,56 @@
 """``SIMULATORS``, the registry of fitters, and the calls that go through it.
 
-Every fitter declares its keywords (keyword-only parameters), the inputs it needs beyond the
-runs (``inputs``: ``gradients``, ``features``) and its report group (``group``). Fitters that
-need the training stack (the gradient baselines, the featurized simulator) or that import
-this package (the filter kernel) are ``LazyFitter`` entries, registered below, that import
-their module on first use. ``fit_simulator`` rejects unknown keywords by name and names a
-missing input; ``fit_all`` passes each fitter only the keywords it declares.
+Every name is a :class:`~simfluence_jax.simulators.fitter.Fitter` record declared by a
+module of ``simfluence_jax/simulators/`` (next to the class it fits) in its ``EXTENSIONS``
+under ``"simulator"``, or by an extension module (``simfluence_jax.registry``); nothing here
+lists them. A record holds the fitter (or a ``"module:attr"`` reference imported on first
+use, for fitters that need the training stack or this package), the inputs it needs beyond
+the runs and its report group; the fitter's keyword-only parameters are its keywords.
+``fit_simulator`` rejects unknown keywords by name and names a missing input; ``fit_all``
+passes each fitter only the keywords it declares.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 
 from simfluence_jax.registry import Registry
 from simfluence_jax.runs import RunSet
+from simfluence_jax.simulators.fitter import Fitter
+from simfluence_jax.simulators.segmented import CALIBRATED_SUFFIX, GRADIENT_BASELINES
 
-SIMULATORS: Registry[Callable[..., object]] = Registry("simulator")
+__all__ = [
+    "CALIBRATED_SUFFIX",
+    "GRADIENT_BASELINES",
+    "SIMULATORS",
+    "Fitter",
+    "accepted_keywords",
+    "fit_all",
+    "fit_simulator",
+    "fitter",
+    "required_inputs",
+    "simulator_group",
+]
+
+SIMULATORS: Registry[Fitter] = Registry("simulator", packages=("simfluence_jax.simulators",))
 
 
-@dataclasses.dataclass(frozen=True)
-class LazyFitter:
-    """A registry entry whose fitter lives in a module that needs the training stack (or
-    that imports this package: the filter kernel's ``filter_fit``).
+def fitter(name: str) -> Fitter:
+    """The record registered as ``name``; a plain function registered at run time
+    (``SIMULATORS.register(name)(fit)``) reads as ``Fitter(fit)``.
 
-    ``module.attr(*args)`` is the fitter; it is imported on first use, so the registry lists
-    every simulator while ``import simfluence_jax`` needs only JAX and NumPy.
-
-    Attributes:
-      module, attr, args: where the fitter is (``attr`` is the fitter, or a factory of it
-        when ``args`` are given).
-      inputs: keywords the fitter cannot do without (``gradients``, ``features``).
-      group: the report group (``fitted``, ``control``, ``gradient baseline (raw)``, ...).
-      doc: one line for listings.
+    Raises:
+      ValueError: an unknown name (listing the known ones), or an entry that is neither.
     """
-
-    module: str
-    attr: str
-    args: tuple = ()
-    inputs: tuple[str, ...] = ()
-    group: str = "fitted"
-    doc: str = ""
-
-    def load(self) -> Callable[..., object]:
-        obj = getattr(importlib.import_module(self.module), self.attr)
-        return obj(*self.args) if self.args else obj
-
-    def __call__(self, runs, **kwargs):
-        return self.load()(runs, **kwargs)
-
-
-#: The gradient baselines (``simfluence_jax.gradients.baselines``), each raw and calibrated.
-GRADIENT_BASELINES = ("tracin_cp", "tracin_cp_summed", "grad_dot", "influence", "trak", "ekfac")
-CALIBRATED_SUFFIX = "_calibrated"
-
-for _name in GRADIENT_BASELINES:
-    for _calibrated in (False, True):
-        SIMULATORS.register(_name + (CALIBRATED_SUFFIX if _calibrated else ""))(
-            LazyFitter(
-                "simfluence_jax.gradients.baselines", "make_fitter", args=(_name, _calibrated),
-                inputs=("gradients",),
-                group=f"gradient baseline ({'calibrated' if _calibrated else 'raw'})",
-                doc=f"{_name} ({'calibrated' if _calibrated else 'raw'}); needs gradients=",
-            )
-        )  # fmt: skip
-SIMULATORS.register("linear_filter")(
-    LazyFitter(
-        "simfluence_jax.filter_fit", "fit_linear_filter",
-        doc="Linear with a learned causal filter of the batch counts (the filter kernel)",
+    entry = SIMULATORS.get(name)
+    if isinstance(entry, Fitter):
+        return entry
+    if callable(entry):
+        return Fitter(entry)
+    raise ValueError(
+        f"simulator {name!r} (declared by {SIMULATORS.origin(name)}) is not a Fitter: {entry!r}"
     )
-)  # fmt: skip
-SIMULATORS.register("featurized")(
-    LazyFitter(
-        "simfluence_jax.featurized_fit", "fit_featurized", inputs=("features",),
-        group="featurized", doc="(A, B) from frozen embeddings; needs features=",
-    )
-)  # fmt: skip
 
 
 def _check_runs(runs, validation):
@@ -94,8 +67,7 @@ def _check_runs(runs, validation):
 
 
 def _fitter_function(name: str) -> Callable[..., object]:
-    fit = SIMULATORS.get(name)
-    return fit.load() if isinstance(fit, LazyFitter) else fit
+    return fitter(name).load()
 
 
 def accepted_keywords(name: str) -> frozenset[str]:
@@ -106,15 +78,13 @@ def accepted_keywords(name: str) -> frozenset[str]:
 
 def required_inputs(name: str) -> tuple[str, ...]:
     """What the fitter ``name`` needs besides the runs (e.g. ``("gradients",)``)."""
-    return tuple(getattr(SIMULATORS.get(name), "inputs", ()))
+    return fitter(name).inputs
 
 
 def simulator_group(name: str) -> str:
-    """The report group of a simulator name (``fitted`` unless its fitter declares another,
+    """The report group of a simulator name (``fitted`` unless its record declares another,
     or the name is not registered)."""
-    if name not in SIMULATORS:
-        return "fitted"
-    return getattr(SIMULATORS.get(name), "group", "fitted")
+    return fitter(name).group if name in SIMULATORS else "fitted"
 
 
 def fit_simulator(name: str, runs: RunSet, *, validation: RunSet | None = None, **kwargs):
@@ -134,7 +104,7 @@ def fit_simulator(name: str, runs: RunSet, *, validation: RunSet | None = None, 
     Returns:
       A fitted simulator pytree; ridge-based ones record their chosen ``l2``.
     """
-    fit = SIMULATORS.get(name)
+    fit = fitter(name).load()
     _check_runs(runs, validation)
     missing = [k for k in required_inputs(name) if kwargs.get(k) is None]
     if missing:
@@ -142,11 +112,12 @@ def fit_simulator(name: str, runs: RunSet, *, validation: RunSet | None = None, 
             f"simulator {name!r} needs {', '.join(f'{k}=' for k in missing)} besides the runs "
             "(see its docstring); none was given"
         )
-    unknown = sorted(set(kwargs) - accepted_keywords(name))
+    accepted = accepted_keywords(name)
+    unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ValueError(
             f"{name} does not take {', '.join(map(repr, unknown))}; it accepts "
-            f"{', '.join(sorted(accepted_keywords(name) - {'validation'}))}"
+            f"{', '.join(sorted(accepted - {'validation'}))}"
         )
     return fit(runs, validation=validation, **kwargs)
 

@@ -1,6 +1,7 @@
 """Runs logged by other frameworks, read into a validated :class:`~simfluence_jax.runs.RunSet`.
 
-Formats, one module each, registered in :data:`IMPORTERS` (which ``simfluence import`` reads):
+Formats, one module each, declared in its ``EXTENSIONS`` and found by :data:`IMPORTERS`
+(which ``simfluence import`` reads):
 
 * ``gptfluence`` (:mod:`.gptfluence`): GPTfluence's run directories, one per run
   (:func:`read_gptfluence`; :func:`write_gptfluence` writes them, with a manifest that makes
@@ -40,8 +41,9 @@ byte-order mark; CSV fields may be of any length.
 original lengths). The time axis cannot be padded instead: a run set holds no empty steps,
 because under alpha = sum A_i an empty batch would read as the loss collapsing to zero.
 
-A new format is a module here that registers an :class:`Importer` (see
-:mod:`.registry`), imported below, and its test (CONTRIBUTING.md, "Adding an importer").
+A new format is a module here that declares an :class:`Importer` in its ``EXTENSIONS`` (see
+:mod:`.registry`), and its test (CONTRIBUTING.md, "Adding an importer"); nothing else lists
+it. The imports below export the built-in readers; they register nothing.
 """
 
 from simfluence_jax.importers.assemble import common_length

@@ -78,6 +78,19 @@ def check_learning_rate(value: Any, path: Path, line: int) -> float:
     return lr
 
 
+def check_batch_line(
+    step: Any, ids: Any, lr: Any, has_lr: bool, path: Path, n: int, with_lr, what: str
+) -> tuple[int, list[Id], float | None, tuple[bool, int]]:
+    """The fields every format's batch line has, checked: ``(step, ids, learning rate or None,
+    with_lr)``. ``has_lr``: whether line ``n`` gives a learning rate; ``with_lr``: what
+    ``same_lr_presence`` returned for the previous lines (``None`` before the first), so that
+    every line of a file gives one or none does; ``what``: ``"rows"`` or ``"lines"``."""
+    step = check_step(step, path, n)
+    ids = split_ids(ids, path, n)
+    with_lr = same_lr_presence(with_lr, has_lr, path, n, what)
+    return step, ids, check_learning_rate(lr, path, n) if has_lr else None, with_lr
+
+
 def split_ids(value: Any, path: Path, line: int) -> list[Id]:
     """A batch: a JSON list of ids, or a string of ids joined by ``;`` (or a JSON list)."""
     if isinstance(value, str):

@@ -33,18 +33,16 @@ from simfluence_jax import io as sio
 from simfluence_jax.importers.assemble import RawRun, assemble, check_id_kind, id_list
 from simfluence_jax.importers.checks import (
     Id,
+    check_batch_line,
     check_consecutive,
     check_id,
-    check_learning_rate,
     check_number,
     check_step,
     file_error,
     first_line_after,
-    same_lr_presence,
-    split_ids,
 )
 from simfluence_jax.importers.readers import get_key, json_lines, require_file
-from simfluence_jax.importers.registry import IMPORTERS, Importer, Input
+from simfluence_jax.importers.registry import Importer, Input
 from simfluence_jax.runs import PER_RUN_KEYS, RunSet
 
 GPTFLUENCE_BATCHES = "train_samples_id.json"
@@ -116,13 +114,12 @@ def _read_batches(path: Path, first_step: int, last_step: int):
     found: dict[int, tuple[int, list[Id], float | None]] = {}
     with_lr: tuple[bool, int] | None = None
     for n, obj in json_lines(path):
-        step = check_step(get_key(obj, "step", path, n), path, n)
+        step, ids, lr, with_lr = check_batch_line(
+            get_key(obj, "step", path, n), get_key(obj, "samples_id", path, n),
+            obj.get("learning_rate"), "learning_rate" in obj, path, n, with_lr, "lines",
+        )  # fmt: skip
         if step in found:
             raise file_error(path, n, f"step {step} appears twice (also on line {found[step][0]})")
-        ids = split_ids(get_key(obj, "samples_id", path, n), path, n)
-        has_lr = "learning_rate" in obj
-        with_lr = same_lr_presence(with_lr, has_lr, path, n, "lines")
-        lr = check_learning_rate(obj["learning_rate"], path, n) if has_lr else None
         if step <= first_step:
             found[step] = (n, ids, lr)  # before L_0: ignored
             continue
@@ -339,13 +336,15 @@ def _manifest_for(run_dirs: Sequence[Path]) -> dict[str, Any] | None:
     return manifest
 
 
-IMPORTERS.register("gptfluence")(
-    Importer(
-        read=read_gptfluence,
-        help="GPTfluence run directories (train_samples_id.json, all_loss_trajectory.out)",
-        inputs=(
-            Input("run_dirs", "run directories, a folder of them, a glob", nargs="+",
-                  metavar="RUN_DIR"),
+EXTENSIONS = {
+    "importer": {
+        "gptfluence": Importer(
+            read=read_gptfluence,
+            help="GPTfluence run directories (train_samples_id.json, all_loss_trajectory.out)",
+            inputs=(
+                Input("run_dirs", "run directories, a folder of them, a glob", nargs="+",
+                      metavar="RUN_DIR"),
+            ),
         ),
-    )
-)  # fmt: skip
+    },
+}  # fmt: skip

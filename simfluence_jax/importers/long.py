@@ -17,19 +17,17 @@ import numpy as np
 from simfluence_jax.importers.assemble import RawRun, assemble, kind_of
 from simfluence_jax.importers.checks import (
     Id,
+    check_batch_line,
     check_consecutive,
     check_id,
-    check_learning_rate,
     check_number,
     check_step,
     file_error,
     first_line_after,
-    same_lr_presence,
     settle_ids,
-    split_ids,
 )
 from simfluence_jax.importers.readers import require_file, table_rows
-from simfluence_jax.importers.registry import IMPORTERS, Importer, Input
+from simfluence_jax.importers.registry import Importer, Input
 from simfluence_jax.runs import RunSet
 
 LOSS_COLUMNS = ("run", "step", "test_id", "loss")
@@ -102,11 +100,10 @@ def read_long(
     with_lr: tuple[bool, int] | None = None
     for n, row in table_rows(curricula_path, CURRICULUM_COLUMNS):
         run = str(row["run"])
-        step = check_step(row["step"], curricula_path, n)
-        ids = split_ids(row["train_ids"], curricula_path, n)
-        has_lr = row.get("learning_rate") not in (None, "")
-        with_lr = same_lr_presence(with_lr, has_lr, curricula_path, n, "rows")
-        lr = check_learning_rate(row["learning_rate"], curricula_path, n) if has_lr else None
+        step, ids, lr, with_lr = check_batch_line(
+            row["step"], row["train_ids"], row.get("learning_rate"),
+            row.get("learning_rate") not in (None, ""), curricula_path, n, with_lr, "rows",
+        )  # fmt: skip
         steps = curricula.setdefault(run, {})
         if step in steps:
             raise file_error(
@@ -202,13 +199,15 @@ def read_long(
     )  # fmt: skip
 
 
-IMPORTERS.register("long")(
-    Importer(
-        read=read_long,
-        help="long-form CSV or JSON lines",
-        inputs=(
-            Input("--losses", "rows: run, step, test_id, loss"),
-            Input("--curricula", "rows: run, step, train_ids [, learning_rate]"),
+EXTENSIONS = {
+    "importer": {
+        "long": Importer(
+            read=read_long,
+            help="long-form CSV or JSON lines",
+            inputs=(
+                Input("--losses", "rows: run, step, test_id, loss"),
+                Input("--curricula", "rows: run, step, train_ids [, learning_rate]"),
+            ),
         ),
-    )
-)
+    },
+}

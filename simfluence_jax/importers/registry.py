@@ -1,12 +1,16 @@
 """The registry of importers: name -> :class:`Importer`, read by ``simfluence import``.
 
-Each format module registers its reader with what the command line needs to call it (its
-one-line help and the files it reads), so the command line holds no list of formats::
+Each format module of this package declares its reader with what the command line needs to
+call it (its one-line help and the files it reads), so neither the package nor the command
+line holds a list of formats::
 
-    IMPORTERS.register("long")(Importer(
+    EXTENSIONS = {"importer": {"long": Importer(
         read=read_long, help="long-form CSV or JSON lines",
         inputs=(Input("--losses", "rows: run, step, test_id, loss"), ...),
-    ))
+    )}}
+
+``IMPORTERS`` finds the declarations by listing the package's modules (and extension modules
+outside it, ``simfluence_jax.registry``).
 
 ``simfluence import NAME INPUTS... --out DIR`` then calls
 ``read(*inputs, pad=, train_ids=, test_ids=, batch_size=)``.
@@ -68,4 +72,4 @@ class Importer:
         return self.read(*(getattr(args, i.dest) for i in self.inputs), **options)
 
 
-IMPORTERS: Registry[Importer] = Registry("importer")
+IMPORTERS: Registry[Importer] = Registry("importer", packages=("simfluence_jax.importers",))

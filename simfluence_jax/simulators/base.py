@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +58,12 @@ class Simulator(abc.ABC):
     """Abstract simulator; see the module docstring for the contract."""
 
     name: str
+    #: The save format of the class's arrays (``simulators.io``): ``field -> (dtype kinds,
+    #: shape)``, kinds as ``numpy.dtype.kind`` letters (``"f"``, ``"iu"``, ``"b"``) and the
+    #: shape in named sizes shared across the class's arrays (``("M", "N")``; ``None`` any
+    #: size, a shape of ``None`` any shape). Listed arrays must also be finite; others are
+    #: checked for a plain numeric dtype and against the shapes recorded at save time.
+    ARRAY_SHAPES: ClassVar[dict[str, tuple]] = {}
     #: Whether ``step`` is called on a step whose weights are all 0 (every example removed).
     #: By default such a step is no update (state and loss carry over); the metagradient
     #: simulator predicts each step from the whole edit and needs every step.
@@ -97,6 +103,12 @@ class Simulator(abc.ABC):
         Returns:
           ``(state after step t, L^_t)``.
         """
+
+    @classmethod
+    def check_saved(cls, arrays: dict, arrays_file) -> None:
+        """Checks of saved arrays beyond ``ARRAY_SHAPES`` (called by ``io.load_simulator``
+        once the shapes passed); raises ``ValueError`` naming ``arrays_file``. Default: none."""
+        del arrays, arrays_file
 
     def replace(self, **changes) -> Simulator:
         """A copy with some fields changed (``dataclasses.replace``)."""

@@ -32,11 +32,13 @@ form).
 from __future__ import annotations
 
 from functools import partial
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from simfluence_jax.simulators.base import Simulator, simulator_dataclass, static_field
+from simfluence_jax.simulators.fitter import Fitter
 from simfluence_jax.simulators.linear import LinearSimulator
 
 #: The learned fields of ``FeaturizedSimulator`` (the rest are data or fixed).
@@ -82,6 +84,23 @@ class FeaturizedSimulator(Simulator):
     out_scale: float = static_field(0.1)
     tied: bool = static_field(False)
     name: str = static_field("featurized")
+
+    ARRAY_SHAPES: ClassVar[dict[str, tuple]] = {
+        "train_features": ("f", ("N", "Dx")),
+        "test_features": ("f", ("M", "Dz")),
+        "x_shift": ("f", ("Dx",)),
+        "x_scale": ("f", ("Dx",)),
+        "z_shift": ("f", ("Dz",)),
+        "z_scale": ("f", ("Dz",)),
+        "P": ("f", ("Dx", "d")),
+        "Q": ("f", (None, "d")),
+        "W_x": ("f", ("d", "H")),
+        "W_z": ("f", ("d", "H")),
+        "W_xz": ("f", ("d", "H")),
+        "b_h": ("f", ("H",)),
+        "W_out": ("f", ("H", "n1")),
+        "b_out": ("f", ("n1",)),
+    }
 
     # Parameters ------------------------------------------------------------------------
     def pair_outputs(self, train_features=None, test_features=None) -> jax.Array:
@@ -201,3 +220,17 @@ def markov_update(history: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
       scalar L_t = L_{t-1} + sum_k a_k L_{t-k} + b.
     """
     return history[0] + jnp.dot(a, history) + b
+
+
+EXTENSIONS = {
+    "simulator class": {"FeaturizedSimulator": FeaturizedSimulator},
+    "simulator": {
+        # Trained with optax: referenced by name, imported on first use.
+        "featurized": Fitter(
+            "simfluence_jax.featurized_fit:fit_featurized",
+            inputs=("features",),
+            group="featurized",
+            doc="(A, B) from frozen embeddings; needs features=",
+        ),
+    },
+}

@@ -26,15 +26,18 @@ kernel's buffer does not decay on it.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from simfluence_jax.simulators.base import AffineSimulator, simulator_dataclass, static_field
+from simfluence_jax.simulators.fitter import Fitter
+from simfluence_jax.simulators.linear import PairEffects
 
 
 @simulator_dataclass
-class FilterSimulator(AffineSimulator):
+class FilterSimulator(PairEffects, AffineSimulator):
     """Simfluence-Linear with a learned causal filter of the batch counts.
 
     Attributes:
@@ -58,6 +61,13 @@ class FilterSimulator(AffineSimulator):
     alpha0: float = static_field(0.0)
     lr_scaled: bool = static_field(False)
     name: str = static_field("linear_filter")
+
+    ARRAY_SHAPES: ClassVar[dict[str, tuple]] = {
+        "A": ("f", ("M", "N")),
+        "B": ("f", ("M", "N")),
+        "seen": ("b", ("N",)),
+        "filter": ("f", ("K1",)),
+    }
 
     @property
     def filter_length(self) -> int:
@@ -83,16 +93,16 @@ class FilterSimulator(AffineSimulator):
         return state, self.alpha0 + s * a, s * b
 
     @property
-    def lr_reference(self):
-        return self.lr_ref if self.lr_scaled else None
+    def memoryless(self) -> bool:
+        return self.filter_length == 0
 
-    def seen_ids(self):
-        return self.seen
 
-    def restrict(self, tests):
-        return self.replace(A=jnp.asarray(self.A)[tests], B=jnp.asarray(self.B)[tests])
-
-    def count_effects(self):
-        if self.filter_length != 0 or self.lr_scaled:
-            return None
-        return float(self.alpha0), jnp.asarray(self.A), jnp.asarray(self.B)
+EXTENSIONS = {
+    "simulator class": {"FilterSimulator": FilterSimulator},
+    "simulator": {
+        "linear_filter": Fitter(
+            "simfluence_jax.filter_fit:fit_linear_filter",
+            doc="Linear with a learned causal filter of the batch counts (the filter kernel)",
+        ),
+    },
+}

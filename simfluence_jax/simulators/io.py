@@ -3,15 +3,16 @@
 A simulator is a registered dataclass (``simulators.base.simulator_dataclass``): its array
 fields go into ``arrays.npz`` (read with ``allow_pickle=False``) and its other fields, with
 the class name, a format version and the shape of every array, into ``meta.json``. Only
-classes registered in ``SIMULATOR_CLASSES`` can be loaded. The folder is swapped into place
-atomically (:func:`simfluence_jax.io.replace_directory`): a reader finds the old or the new
-version.
+classes in ``SIMULATOR_CLASSES`` (declared by their own modules) can be loaded. The folder
+is swapped into place atomically (:func:`simfluence_jax.io.replace_directory`): a reader
+finds the old or the new version.
 
 Loading checks everything it reads: the format and version, the JSON types, the arrays
-against the shapes recorded in ``meta.json``, the sizes the arrays share (``M`` test
-examples, ``N`` training examples, ...: ``A`` with one column fewer than ``B`` is refused,
-since a rollout would silently gather out of range) and finite values. Each problem is a
-``ValueError`` naming the file.
+against the shapes recorded in ``meta.json``, the sizes the arrays share by the class's
+``ARRAY_SHAPES`` (``M`` test examples, ``N`` training examples, ...: ``A`` with one column
+fewer than ``B`` is refused, since a rollout would silently gather out of range), finite
+values, and the class's own ``check_saved``. Each problem is a ``ValueError`` naming the
+file.
 """
 
 from __future__ import annotations
@@ -24,66 +25,17 @@ import numpy as np
 
 from simfluence_jax import io as sio
 from simfluence_jax.registry import Registry
-from simfluence_jax.simulators.featurized import FeaturizedSimulator
-from simfluence_jax.simulators.filter import FilterSimulator
-from simfluence_jax.simulators.linear import LinearSimulator, MeanSimulator
-from simfluence_jax.simulators.metagradient import MetagradientSimulator
-from simfluence_jax.simulators.segmented import SegmentedSimulator
 
 FORMAT_NAME = "simfluence_jax.Simulator"
 FORMAT_VERSION = 1
 
-SIMULATOR_CLASSES: Registry[type] = Registry("simulator class")
-SIMULATOR_CLASSES.register("LinearSimulator")(LinearSimulator)
-SIMULATOR_CLASSES.register("MeanSimulator")(MeanSimulator)
-SIMULATOR_CLASSES.register("SegmentedSimulator")(SegmentedSimulator)
-SIMULATOR_CLASSES.register("FeaturizedSimulator")(FeaturizedSimulator)
-SIMULATOR_CLASSES.register("MetagradientSimulator")(MetagradientSimulator)
-SIMULATOR_CLASSES.register("FilterSimulator")(FilterSimulator)
-
-_F = "f"
-#: ``(dtype kinds, shape)`` of the parameter arrays of each class, in named sizes shared
-#: across its arrays (``None``: any); these must also be finite. Other array fields are
-#: checked for a plain numeric dtype and against the shapes recorded at save time.
-ARRAY_SHAPES: dict[str, dict[str, tuple]] = {
-    "LinearSimulator": {"A": (_F, ("M", "N")), "B": (_F, ("M", "N")), "seen": ("b", ("N",))},
-    "FilterSimulator": {
-        "A": (_F, ("M", "N")),
-        "B": (_F, ("M", "N")),
-        "seen": ("b", ("N",)),
-        "filter": (_F, ("K1",)),
-    },
-    "MeanSimulator": {"delta": (_F, ("M", "T"))},
-    "SegmentedSimulator": {
-        "S": (_F, ("M", "K", "N")),
-        "eta": (_F, ("T",)),
-        "segment": ("iu", ("T",)),
-        "seen": ("b", ("N",)),
-        "scale": (_F, None),
-    },
-    "MetagradientSimulator": {
-        "reference": (_F, ("M", "T1")),
-        "J": (_F, ("M", "K", "T", "B")),
-        "batches": ("iu", ("T", "B")),
-        "step_index": ("iu", ("T",)),
-    },
-    "FeaturizedSimulator": {
-        "train_features": (_F, ("N", "Dx")),
-        "test_features": (_F, ("M", "Dz")),
-        "x_shift": (_F, ("Dx",)),
-        "x_scale": (_F, ("Dx",)),
-        "z_shift": (_F, ("Dz",)),
-        "z_scale": (_F, ("Dz",)),
-        "P": (_F, ("Dx", "d")),
-        "Q": (_F, (None, "d")),
-        "W_x": (_F, ("d", "H")),
-        "W_z": (_F, ("d", "H")),
-        "W_xz": (_F, ("d", "H")),
-        "b_h": (_F, ("H",)),
-        "W_out": (_F, ("H", "n1")),
-        "b_out": (_F, ("n1",)),
-    },
-}
+#: The classes that can be saved and loaded, by class name: every module of this package
+#: declares its own in ``EXTENSIONS["simulator class"]`` (extension modules too; see
+#: ``simfluence_jax.registry``). Each class carries its save format: ``ARRAY_SHAPES`` and
+#: the ``check_saved`` hook (``simulators.base.Simulator``).
+SIMULATOR_CLASSES: Registry[type] = Registry(
+    "simulator class", packages=("simfluence_jax.simulators",)
+)
 
 
 def _fields_of(sim) -> tuple[dict, dict]:
@@ -168,7 +120,7 @@ def _check_simulator(meta_file: Path, arrays_file: Path, cls, meta: dict, arrays
             raise ValueError(f"{meta_file}: field {name!r} must be a number, string or null")
     shapes = meta.get("shapes", {})
     dtypes = meta.get("dtypes", {})
-    table = ARRAY_SHAPES.get(meta["class"], {})
+    table = getattr(cls, "ARRAY_SHAPES", {})
     specs = {}
     for name, arr in arrays.items():
         if name in shapes and list(arr.shape) != list(shapes[name]):
@@ -184,10 +136,6 @@ def _check_simulator(meta_file: Path, arrays_file: Path, cls, meta: dict, arrays
         kinds, shape = table.get(name, ("fiub", None))
         specs[name] = sio.ArraySpec(kinds, shape, finite=name in table)
     sio.check_arrays(arrays_file, arrays, specs, what="simulator arrays file")
-    if meta["class"] == "SegmentedSimulator" and {"S", "segment"} <= set(arrays):
-        k, seg = arrays["S"].shape[1], arrays["segment"]
-        if seg.size and (seg.min() < 0 or seg.max() >= k):
-            raise ValueError(
-                f"{arrays_file}: array 'segment' holds segments outside 0..{k - 1}; the file is "
-                "damaged"
-            )
+    check_saved = getattr(cls, "check_saved", None)
+    if check_saved is not None:
+        check_saved(arrays, arrays_file)

@@ -29,15 +29,44 @@ Special cases (all the same class, different fitted parameters):
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from simfluence_jax.simulators.base import AffineSimulator, simulator_dataclass, static_field
+from simfluence_jax.simulators.fitter import Fitter
+
+
+class PairEffects:
+    """What the simulators with per-pair ``A, B: float32[M, N]``, a ``seen: bool[N]`` mask and
+    an optional learning-rate scale share (``LinearSimulator``, ``FilterSimulator``): the
+    accessors of ``Simulator`` and ``count_effects`` when the step has no memory of earlier
+    batches (``memoryless``) and no scale."""
+
+    @property
+    def memoryless(self) -> bool:
+        """Whether step t depends on the batch of step t only."""
+        raise NotImplementedError
+
+    @property
+    def lr_reference(self):
+        return self.lr_ref if self.lr_scaled else None
+
+    def seen_ids(self):
+        return self.seen
+
+    def restrict(self, tests):
+        return self.replace(A=jnp.asarray(self.A)[tests], B=jnp.asarray(self.B)[tests])
+
+    def count_effects(self):
+        if not self.memoryless or self.lr_scaled:
+            return None
+        return float(self.alpha0), jnp.asarray(self.A), jnp.asarray(self.B)
 
 
 @simulator_dataclass
-class LinearSimulator(AffineSimulator):
+class LinearSimulator(PairEffects, AffineSimulator):
     """Index-based Simfluence-Linear family with the optimizer kernel.
 
     Attributes:
@@ -62,6 +91,12 @@ class LinearSimulator(AffineSimulator):
     lr_scaled: bool = static_field(False)
     name: str = static_field("linear")
 
+    ARRAY_SHAPES: ClassVar[dict[str, tuple]] = {
+        "A": ("f", ("M", "N")),
+        "B": ("f", ("M", "N")),
+        "seen": ("b", ("N",)),
+    }
+
     def per_test(self):
         M = jnp.shape(self.A)[0]
         return (self.A, self.B, jnp.full((M,), self.momentum, jnp.float32))
@@ -77,19 +112,8 @@ class LinearSimulator(AffineSimulator):
         return (a, b), self.alpha0 + s * a, s * b
 
     @property
-    def lr_reference(self):
-        return self.lr_ref if self.lr_scaled else None
-
-    def seen_ids(self):
-        return self.seen
-
-    def restrict(self, tests):
-        return self.replace(A=jnp.asarray(self.A)[tests], B=jnp.asarray(self.B)[tests])
-
-    def count_effects(self):
-        if float(self.momentum) != 0.0 or self.lr_scaled:
-            return None
-        return float(self.alpha0), jnp.asarray(self.A), jnp.asarray(self.B)
+    def memoryless(self) -> bool:
+        return float(self.momentum) == 0.0
 
 
 @simulator_dataclass
@@ -106,6 +130,8 @@ class MeanSimulator(AffineSimulator):
     delta: jax.Array
     name: str = static_field("mean")
 
+    ARRAY_SHAPES: ClassVar[dict[str, tuple]] = {"delta": ("f", ("M", "T"))}
+
     def per_test(self):
         return self.delta
 
@@ -116,3 +142,31 @@ class MeanSimulator(AffineSimulator):
 
     def restrict(self, tests):
         return self.replace(delta=jnp.asarray(self.delta)[tests])
+
+
+def _fitting(attr: str, **record) -> Fitter:
+    """A fitter of ``fitting.linear`` (referenced by name: ``fitting`` imports this module)."""
+    return Fitter(f"simfluence_jax.fitting.linear:{attr}", **record)
+
+
+EXTENSIONS = {
+    "simulator class": {"LinearSimulator": LinearSimulator, "MeanSimulator": MeanSimulator},
+    "simulator": {
+        "linear": _fitting("fit_linear", doc="Simfluence-Linear with the optimizer kernel"),
+        "linear_kernel": _fitting(
+            "fit_linear_kernel", doc="Linear with mu chosen on validation runs, lr-scaled"
+        ),
+        "linear_one_plus_sum": _fitting(
+            "fit_linear_one_plus_sum", doc="Linear in the one_plus_sum form: alpha = 1 + sum A_i"
+        ),
+        "additive": _fitting("fit_additive", doc="additive (TracIn-like): A = 0"),
+        "multiplicative": _fitting("fit_multiplicative", doc="multiplicative: B = 0"),
+        "constant": _fitting("fit_constant", group="control", doc="control: L_t = L_0"),
+        "mean": _fitting(
+            "fit_mean", group="control", doc="control: the mean change, ignoring the curriculum"
+        ),
+        "shuffled": _fitting(
+            "fit_shuffled", group="control", doc="control: Linear's (A_i, B_i) permuted"
+        ),
+    },
+}

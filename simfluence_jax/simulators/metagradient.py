@@ -27,6 +27,8 @@ It ignores the ``L0`` and learning rates a rollout is given: its reference is th
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +56,13 @@ class MetagradientSimulator(Simulator):
     step_index: jax.Array
     seed: int = static_field(0)
     name: str = static_field("metagradient")
+
+    ARRAY_SHAPES: ClassVar[dict[str, tuple]] = {
+        "reference": ("f", ("M", "T1")),
+        "J": ("f", ("M", "K", "T", "B")),
+        "batches": ("iu", ("T", "B")),
+        "step_index": ("iu", ("T",)),
+    }
     steps_when_empty = True  # a step emptied by the edit is still a step of the run
 
     def per_test(self):
@@ -117,3 +126,7 @@ class MetagradientSimulator(Simulator):
         index = np.asarray(self.step_index)
         steps = np.flatnonzero(index >= 0) + 1
         return steps[np.argsort(index[steps - 1])]
+
+
+#: Built from a run's metagradients (``gradients.metagradient``), not fitted: no fitter.
+EXTENSIONS = {"simulator class": {"MetagradientSimulator": MetagradientSimulator}}

@@ -15,14 +15,28 @@ case of Simfluence-Linear): ``S`` positive means the example lowers the test los
 functions) that still follows the learning-rate schedule and the batch size.
 
 Steps past the end of the stored schedule use its last rate and segment.
+
+This module also declares the gradient baselines' fitters (``GRADIENT_BASELINES``, raw and
+calibrated), which return this simulator; they live in ``gradients.baselines`` (the
+training stack) and are imported on first use.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from simfluence_jax.simulators.base import AffineSimulator, simulator_dataclass, static_field
+from simfluence_jax.simulators.fitter import Fitter
+
+#: The gradient baselines (``simfluence_jax.gradients.baselines``), each registered raw and
+#: calibrated (``<name>_calibrated``); their fitters return a ``SegmentedSimulator``.
+GRADIENT_BASELINES = ("tracin_cp", "tracin_cp_summed", "grad_dot", "influence", "trak", "ekfac")
+CALIBRATED_SUFFIX = "_calibrated"
 
 
 @simulator_dataclass
@@ -45,6 +59,25 @@ class SegmentedSimulator(AffineSimulator):
     seen: jax.Array
     scale: jax.Array = 1.0
     name: str = static_field("segmented")
+
+    ARRAY_SHAPES: ClassVar[dict[str, tuple]] = {
+        "S": ("f", ("M", "K", "N")),
+        "eta": ("f", ("T",)),
+        "segment": ("iu", ("T",)),
+        "seen": ("b", ("N",)),
+        "scale": ("f", None),
+    }
+
+    @classmethod
+    def check_saved(cls, arrays: dict, arrays_file: Path) -> None:
+        """Every step's segment is one of the K segments of ``S``."""
+        if {"S", "segment"} <= set(arrays):
+            k, seg = np.shape(arrays["S"])[1], np.asarray(arrays["segment"])
+            if seg.size and (seg.min() < 0 or seg.max() >= k):
+                raise ValueError(
+                    f"{arrays_file}: array 'segment' holds segments outside 0..{k - 1}; the "
+                    "file is damaged"
+                )
 
     def per_test(self):
         M = self.S.shape[0]
@@ -72,3 +105,23 @@ class SegmentedSimulator(AffineSimulator):
     @property
     def num_segments(self) -> int:
         return self.S.shape[1]
+
+
+def _gradient_fitter(name: str, calibrated: bool) -> Fitter:
+    kind = "calibrated" if calibrated else "raw"
+    return Fitter(
+        "simfluence_jax.gradients.baselines:make_fitter", args=(name, calibrated),
+        inputs=("gradients",), group=f"gradient baseline ({kind})",
+        doc=f"{name} ({kind}); needs gradients=",
+    )  # fmt: skip
+
+
+EXTENSIONS = {
+    "simulator class": {"SegmentedSimulator": SegmentedSimulator},
+    # The gradient baselines need the training stack: referenced by name.
+    "simulator": {
+        name + (CALIBRATED_SUFFIX if calibrated else ""): _gradient_fitter(name, calibrated)
+        for name in GRADIENT_BASELINES
+        for calibrated in (False, True)
+    },
+}
