@@ -12,7 +12,8 @@ imports here.
 Importing ``simfluence_jax`` and fitting a core simulator without the training stack is
 ``test_core_only.py``'s check. ``from simfluence_jax import NAME`` is resolved through the
 package's lazy export table, so a name exported from another layer counts as an import of
-that layer.
+that layer. No import cycle either: no module imports, through others, itself (registries
+read their entries from declarations instead, ``simfluence_jax.registry``).
 """
 
 from __future__ import annotations
@@ -208,6 +209,66 @@ def test_imports_inside_functions_are_read_and_every_allowed_one_is_still_there(
     }
     stale = sorted(set(LAZY_IMPORTS) - found)
     assert not stale, f"LAZY_IMPORTS lists imports that are gone: {stale}"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """``module -> modules of the package it imports when imported``. A name imported from a
+    module (``from a.b import C``) is an edge to ``a.b``; an import of a package a module
+    belongs to is left out (Python imports it first anyway, whatever the module says)."""
+    modules = {_module_name(p): p for p in _modules("")}
+
+    def resolve(target: str) -> str:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target
+
+    graph = {}
+    for name, path in modules.items():
+        targets = {resolve(t) for t, _ in _import_time_imports(path)}
+        graph[name] = {t for t in targets if t and t != name and not name.startswith(t + ".")}
+    return graph
+
+
+def _import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = stack[stack.index(v) :]
+            del stack[stack.index(v) :]
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
+def test_no_import_cycle():
+    """No module imports, through others, itself: registrations are declared (``EXTENSIONS``,
+    read by the registries), never made by a module importing the one that uses them."""
+    graph = _import_graph()
+    # The walk sees edges within a package and across packages.
+    assert f"{PACKAGE}.data.tasks" in graph[f"{PACKAGE}.data.word_tasks"]
+    assert f"{PACKAGE}.models.t5" in graph[f"{PACKAGE}.models.t5_model"]
+    # A cycle is found, through any number of modules, and reported once.
+    made_up = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}
+    assert _import_cycles(made_up) == [["a", "b", "c"]]
+    assert _import_cycles({**graph, f"{PACKAGE}.data.tasks": {f"{PACKAGE}.data.word_tasks"}})
+    assert not _import_cycles(graph), _import_cycles(graph)
 
 
 #: Most lines a file of the package may have: small modules, one concept each.

@@ -234,6 +234,8 @@ def test_toy_runs_from_a_store(tmp_path):
     np.testing.assert_allclose(rates, factory.optimizer.learning_rates(T + 1)[[0, 4, 8, T]])
     assert ctx.checkpoint_dots()[2] is dots  # cached
     np.testing.assert_array_equal(ctx.final_dots(), dots[-1])
+    pre = ctx.precompute(["final", "checkpoints"])
+    assert pre.dots is dots and pre.final is ctx.final_dots() and pre.influence is None
 
     sims = {n: sj.fit_simulator(n, fit, gradients=ctx) for n in NAMES}
     sims["constant"] = sj.fit_simulator("constant", fit)
@@ -263,3 +265,25 @@ def test_context_accepts_config_style_options():
         GradientContext(model_loss(model), influence={"dampnig": 1.0}, **kw)
     with pytest.raises(ValueError, match="no checkpoints"):
         GradientContext(model_loss(model), frozen=None, pool={}, test={}, checkpoints=[])
+
+
+def test_score_kinds_are_declared_and_cover_every_gradient_baseline():
+    from simfluence_jax.gradients import Checkpoint, model_loss
+    from simfluence_jax.gradients.scores import SCORE_KINDS, kinds_read_by
+    from simfluence_jax.training.toy import ToyClassifier
+
+    assert SCORE_KINDS.names() == ["checkpoints", "ekfac", "final", "influence", "trak"]
+    assert SCORE_KINDS.origin("trak") == "simfluence_jax.gradients.scores"
+    for name in BASELINES:
+        assert kinds_read_by([name]) == kinds_read_by([name + "_calibrated"]), name
+        assert len(kinds_read_by([name])) == 1, name
+    assert kinds_read_by(["tracin_cp_calibrated", "grad_dot", "linear"]) == [
+        "checkpoints",
+        "final",
+    ]
+    model = ToyClassifier()
+    ck = [Checkpoint(0, model.init(jax.random.PRNGKey(0)), 0.1)]
+    ctx = GradientContext(model_loss(model), frozen=None, pool={}, test={}, checkpoints=ck)
+    with pytest.raises(ValueError, match="unknown gradient score 'bogus'; known: checkpoints"):
+        ctx.precompute(["final", "bogus"])
+    assert not ctx._cache  # nothing computed before the unknown name was found

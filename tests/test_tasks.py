@@ -1,6 +1,8 @@
 """Tasks: the polarity split, the bundled gensim text, and user tasks from JSONL/TSV files."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -71,6 +73,32 @@ def test_lee_corpus():
 def test_unknown_task_lists_known_names():
     with pytest.raises(ValueError, match=r"unknown task 'nope'; known: .*lee_pretrain.*polarity"):
         tasks.get_task("nope")
+
+
+def test_tasks_are_declared_and_found_without_importing_them_first(tmp_path):
+    """A fresh process: importing ``data.tasks`` imports no word task; the first lookup
+    finds every declared task, and a file cannot take a built-in name."""
+    path = tmp_path / "mine.jsonl"
+    write_jsonl(path, ROWS)
+    code = (
+        "import json, sys\n"
+        "from simfluence_jax.data import tasks\n"
+        "before = 'simfluence_jax.data.word_tasks' in sys.modules\n"
+        "names = tasks.TASKS.names()\n"
+        "try:\n"
+        f"    tasks.register_jsonl_task('similarity', path={str(path)!r})\n"
+        "    error = ''\n"
+        "except ValueError as e:\n"
+        "    error = str(e)\n"
+        "print(json.dumps([before, names, tasks.TASKS.origin('analogy'), error]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, names, origin, error = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not before
+    expected = ["analogy", "analogy_relation", "jsonl", "lee_pretrain", "polarity", "similarity"]
+    assert names == sorted([*expected, "tsv"])
+    assert origin == "simfluence_jax.data.word_tasks"
+    assert "task 'similarity' is already registered" in error
 
 
 def test_task_validation():

@@ -38,7 +38,9 @@ import numpy as np
 from simfluence_jax.data import gensim_text, task_files
 from simfluence_jax.registry import Registry
 
-TASKS: Registry[Callable[..., Task]] = Registry("task")
+TASKS: Registry[Callable[..., Task]] = Registry("task", packages=("simfluence_jax.data",))
+"""Task factories by name: the ``EXTENSIONS["task"]`` of the modules of ``simfluence_jax.data``
+(this one and ``word_tasks``), and the files registered at run time."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +136,6 @@ def get_task(name: str, **kwargs: Any) -> Task:
     return TASKS.get(name)(**kwargs)
 
 
-@TASKS.register("polarity")
 def polarity(
     *,
     num_test: int = 50,
@@ -200,7 +201,6 @@ def polarity(
     )
 
 
-@TASKS.register("lee_pretrain")
 def lee_pretrain(*, path: str | Path | None = None) -> Task:
     """The 300 documents of gensim's ``lee_background.cor`` as an unlabelled corpus."""
     docs = gensim_text.read_lee_background(path)
@@ -301,8 +301,11 @@ def register_task_file(name: str, **kwargs: Any) -> Task:
     """Reads a task file now (errors surface at once) and registers it under ``name``.
 
     ``kwargs`` are those of :func:`load_task_file`; the registered factory takes none and
-    returns the task read here.
+    returns the task read here. A name already taken (a built-in task, or a file registered
+    before) raises ``ValueError``.
     """
+    if name in TASKS:
+        raise ValueError(f"task {name!r} is already registered; choose another name")
     task = load_task_file(name, **kwargs)
 
     def factory() -> Task:
@@ -322,7 +325,6 @@ def register_tsv_task(name: str, **kwargs: Any) -> Task:
     return register_task_file(name, format="tsv", **kwargs)
 
 
-@TASKS.register("jsonl")
 def jsonl_file(**kwargs: Any) -> Task:
     """A task read from JSONL at run time: ``get_task("jsonl", path="data.jsonl")`` (or
     ``train_path=`` and ``test_path=``); the other options are :func:`load_task_file`'s.
@@ -334,12 +336,17 @@ def jsonl_file(**kwargs: Any) -> Task:
     return load_task_file(name, format="jsonl", **kwargs)
 
 
-@TASKS.register("tsv")
 def tsv_file(**kwargs: Any) -> Task:
     """Like :func:`jsonl_file`, for a TSV file with a header row."""
     name = kwargs.pop("name", "tsv")
     return load_task_file(name, format="tsv", **kwargs)
 
 
-# The word tasks register themselves in TASKS; imported last because they build on Task.
-from simfluence_jax.data import word_tasks  # noqa: E402, F401
+EXTENSIONS = {
+    "task": {
+        "polarity": polarity,
+        "lee_pretrain": lee_pretrain,
+        "jsonl": jsonl_file,
+        "tsv": tsv_file,
+    }
+}

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from simfluence_jax.data import gensim_text
-from simfluence_jax.data.tasks import TASKS, Task
+from simfluence_jax.data.tasks import Task
 
 ANALOGY_TEMPLATE = "{a} is to {b} as {c} is to"
 """Input text of an ``analogy`` line; ``analogy_relation`` appends the answer ``d``."""
@@ -156,7 +156,6 @@ def _task(name, texts, targets, lines, splits, label_names, description) -> Task
     )
 
 
-@TASKS.register("analogy")
 def analogy(
     *,
     group: str = "capital-common-countries",
@@ -222,7 +221,6 @@ def analogy(
     )
 
 
-@TASKS.register("analogy_relation")
 def analogy_relation(
     *,
     num_train: int = 150,
@@ -261,7 +259,6 @@ def _similarity_labels(scores: np.ndarray, num_bins: int) -> np.ndarray:
     return np.where(np.isin(scores, cuts), -1, bins)
 
 
-@TASKS.register("similarity")
 def similarity(
     *,
     source: str = "simlex999",
@@ -308,3 +305,8 @@ def similarity(
         names,
         f"gensim {'+'.join(sources)}, {num_bins} bins by quantile, seed {seed}",
     )
+
+
+EXTENSIONS = {
+    "task": {"analogy": analogy, "analogy_relation": analogy_relation, "similarity": similarity}
+}

@@ -22,6 +22,8 @@ Modules:
   corrected in its eigenbasis);
 * ``context``: ``GradientContext`` (computes and caches scores) and
   ``PrecomputedGradients`` (the scores as arrays);
+* ``scores``: the score kinds by name (``SCORE_KINDS``: checkpoints, final, influence,
+  trak, ekfac), what ``GradientContext.precompute`` computes;
 * ``baselines``: the scores as additive simulators, raw and calibrated;
 * ``metagradient``: exact derivatives of test losses with respect to a weight on every
   training example of one logged run, through the whole run (``Replay``: reverse mode with

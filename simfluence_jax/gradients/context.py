@@ -33,6 +33,7 @@ from simfluence_jax.gradients.influence import (
     influence_scores,
 )
 from simfluence_jax.gradients.per_example import LossFn, Projection, Select, method_loss
+from simfluence_jax.gradients.scores import SCORE_KINDS
 from simfluence_jax.gradients.tracin import Checkpoint, checkpoint_dots, group_by_step, make_dots_fn
 from simfluence_jax.gradients.trak import TRAKConfig, trak_scores
 
@@ -289,24 +290,13 @@ class GradientContext:
     def precompute(
         self, which: Sequence[str] = ("checkpoints", "final", "influence")
     ) -> PrecomputedGradients:
-        """The requested scores as arrays (computing what is not cached yet); ``which`` may
-        also name ``trak`` and ``ekfac``."""
-        unknown = set(which) - {"checkpoints", "final", "influence", "trak", "ekfac"}
-        if unknown:
-            raise ValueError(f"unknown score kinds {sorted(unknown)}")
-        steps = rates = dots = None
-        if "checkpoints" in which:
-            steps, rates, dots = self.checkpoint_dots()
-        return PrecomputedGradients(
-            steps=steps,
-            checkpoint_rates=rates,
-            dots=dots,
-            final=self.final_dots() if "final" in which else None,
-            influence=self.influence_scores() if "influence" in which else None,
-            trak=self.trak_scores() if "trak" in which else None,
-            ekfac=self.ekfac_scores() if "ekfac" in which else None,
-            learning_rates=self.learning_rates,
-        )
+        """The requested scores as arrays (computing what is not cached yet); ``which`` names
+        kinds of ``gradients.scores.SCORE_KINDS`` (also ``trak`` and ``ekfac``)."""
+        kinds = {name: SCORE_KINDS.get(name) for name in which}  # every name checked first
+        fields: dict[str, np.ndarray] = {}
+        for name in sorted(kinds):  # "checkpoints" first: "final" then reuses its last dots
+            fields.update(kinds[name].compute(self))
+        return PrecomputedGradients(**fields, learning_rates=self.learning_rates)
 
 
 # ---------------------------------------------------------------------------------------------

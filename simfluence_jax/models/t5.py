@@ -104,44 +104,44 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "linear": lambda x: x,
 }
 
-T5_SIZES: Registry[T5Config] = Registry("T5 size")
-"""Named T5.1.1 sizes; ``t5_config(name, **overrides)`` builds one with overrides."""
+T5_SIZES: Registry[T5Config] = Registry("T5 size", packages=("simfluence_jax.models",))
+"""Named T5.1.1 sizes, read from ``EXTENSIONS["T5 size"]`` of the modules of
+``simfluence_jax.models`` (this one declares ``tiny``, ``small`` and ``base``);
+``t5_config(name, **overrides)`` builds one with overrides."""
 
-T5_SIZES.register("tiny")(
-    T5Config(
-        vocab_size=128,
-        emb_dim=128,
-        num_heads=4,
-        head_dim=32,
-        mlp_dim=512,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-    )
-)
-T5_SIZES.register("small")(
-    T5Config(
-        vocab_size=32128,
-        emb_dim=512,
-        num_heads=6,
-        head_dim=64,
-        mlp_dim=1024,
-        num_encoder_layers=8,
-        num_decoder_layers=8,
-        dropout_rate=0.0,
-    )
-)
-T5_SIZES.register("base")(
-    T5Config(
-        vocab_size=32128,
-        emb_dim=768,
-        num_heads=12,
-        head_dim=64,
-        mlp_dim=2048,
-        num_encoder_layers=12,
-        num_decoder_layers=12,
-        dropout_rate=0.0,
-    )
-)
+EXTENSIONS = {
+    "T5 size": {
+        "tiny": T5Config(
+            vocab_size=128,
+            emb_dim=128,
+            num_heads=4,
+            head_dim=32,
+            mlp_dim=512,
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+        ),
+        "small": T5Config(
+            vocab_size=32128,
+            emb_dim=512,
+            num_heads=6,
+            head_dim=64,
+            mlp_dim=1024,
+            num_encoder_layers=8,
+            num_decoder_layers=8,
+            dropout_rate=0.0,
+        ),
+        "base": T5Config(
+            vocab_size=32128,
+            emb_dim=768,
+            num_heads=12,
+            head_dim=64,
+            mlp_dim=2048,
+            num_encoder_layers=12,
+            num_decoder_layers=12,
+            dropout_rate=0.0,
+        ),
+    }
+}
 
 
 def t5_config(size: str, **overrides: Any) -> T5Config:

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simfluence_jax.models.registry import MODELS
 from simfluence_jax.models.t5 import T5Config, T5Transformer, replace_config, t5_config
 from simfluence_jax.models.t5x_checkpoint import check_params, load_t5x_checkpoint
 from simfluence_jax.models.vocab import EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
@@ -266,7 +265,6 @@ def bundled_vocab_texts() -> list[str]:
     return [*gensim_text.read_lee_background(), *texts, "positive", "negative"]
 
 
-@MODELS.register("t5")
 def make_t5_model(
     *,
     vocab_path: str | Path | None = None,
@@ -322,3 +320,6 @@ def make_t5_model(
         params=params,
         loss_normalization=loss_normalization,
     )
+
+
+EXTENSIONS = {"model": {"t5": make_t5_model}}

@@ -12,13 +12,13 @@ find the curriculum whose simulated mean final loss over J is lowest. Modules:
 * ``sinkhorn``: gradient search through a Sinkhorn-relaxed rollout, then rounding
   (simulators linear in the batch counts);
 * ``check``: the picks and random curricula trained for real, predicted against achieved;
-* ``methods``: the searches by name (``METHODS``) and ``search_all``.
+* ``methods``: the searches by name (``SEARCH_METHODS``) and ``search_all``.
 """
 
 from simfluence_jax.search.check import SearchCheck, check_by_retraining
 from simfluence_jax.search.greedy import greedy_search
 from simfluence_jax.search.layout import candidate_mask, check_layout, curriculum, random_layout
-from simfluence_jax.search.methods import METHODS, Method, search_all
+from simfluence_jax.search.methods import SEARCH_METHODS, Method, search_all
 from simfluence_jax.search.objective import SearchResult, make_objective, restrict
 from simfluence_jax.search.sinkhorn import (
     count_effects,
@@ -28,7 +28,7 @@ from simfluence_jax.search.sinkhorn import (
 )
 
 __all__ = [
-    "METHODS",
+    "SEARCH_METHODS",
     "Method",
     "SearchCheck",
     "SearchResult",

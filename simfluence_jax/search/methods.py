@@ -1,6 +1,6 @@
 """The search methods by name, and every simulator searched with every method that applies.
 
-``METHODS`` maps a name to a :class:`Method`: the search function and the test of whether
+``SEARCH_METHODS`` maps a name to a :class:`Method`: the search function and the test of whether
 it applies to a simulator (greedy: any; gradient: linear in the batch counts).
 """
 
@@ -23,9 +23,24 @@ class Method(NamedTuple):
     applies: Callable[[object], bool]
 
 
-METHODS: Registry[Method] = Registry("search method")
-METHODS.register("greedy")(Method(greedy_search, lambda sim: True))
-METHODS.register("gradient")(Method(gradient_search, lambda sim: sim.count_effects() is not None))
+SEARCH_METHODS: Registry[Method] = Registry("search method", packages=("simfluence_jax.search",))
+"""``EXTENSIONS["search method"]`` of the modules of ``simfluence_jax.search``."""
+
+
+def _any_simulator(sim) -> bool:
+    return True
+
+
+def _linear_in_counts(sim) -> bool:
+    return sim.count_effects() is not None
+
+
+EXTENSIONS = {
+    "search method": {
+        "greedy": Method(greedy_search, _any_simulator),
+        "gradient": Method(gradient_search, _linear_in_counts),
+    }
+}
 
 
 def search_all(
@@ -44,7 +59,7 @@ def search_all(
     ``methods`` that applies to it (gradient only where the simulator is linear in the
     counts). An unknown method name raises a ``ValueError`` listing the known ones before
     any search runs. ``greedy_kwargs`` / ``gradient_kwargs`` go to that method's search."""
-    chosen = {name: METHODS.get(name) for name in methods}
+    chosen = {name: SEARCH_METHODS.get(name) for name in methods}
     extra = {"greedy": greedy_kwargs, "gradient": gradient_kwargs}
     kw = dict(layout=layout, init_subset=init_subset, candidates=candidates)
     out = {}

@@ -7,7 +7,7 @@ one compiled step), ``produce`` (runs written to a run store, resumable) and ``d
 """
 
 from simfluence_jax.training.loop import RunFactory, plan_groups
-from simfluence_jax.training.methods import METHODS, MethodData, make_method
+from simfluence_jax.training.methods import TRAINING_METHODS, MethodData, make_method
 from simfluence_jax.training.optim import OPTIMIZERS, SCHEDULES, Optimizer, make_optimizer
 from simfluence_jax.training.produce import ProduceReport, produce_runs
 from simfluence_jax.training.train_step import (
@@ -19,9 +19,9 @@ from simfluence_jax.training.train_step import (
 )
 
 __all__ = [
-    "METHODS",
     "OPTIMIZERS",
     "SCHEDULES",
+    "TRAINING_METHODS",
     "MethodData",
     "Optimizer",
     "ProduceReport",

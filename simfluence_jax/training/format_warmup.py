@@ -27,14 +27,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from simfluence_jax.training.chunked import train_in_chunks
 from simfluence_jax.training.optim import make_optimizer
 from simfluence_jax.training.pretrain import (
     PRETRAIN_FORMAT,
@@ -150,43 +149,21 @@ def format_warmup_t5(
 
 
 def _train(model, params, arrays: dict, config: FormatWarmupConfig, *, progress: bool):
-    optimizer = make_optimizer(config.optimizer, learning_rate=config.learning_rate)
-
-    def batch_loss(p, batch):
+    def batch_loss(p, batch, rng):
+        del rng  # no dropout: the model's own setting, deterministic
         return jnp.mean(model.per_example_loss(p, batch))
 
-    def chunk(carry, batches):
-        def body(carry, batch):
-            p, s = carry
-            loss, grads = jax.value_and_grad(batch_loss)(p, batch)
-            updates, s = optimizer.tx.update(grads, s, p)
-            return (jax.tree_util.tree_map(jnp.add, p, updates), s), loss
-
-        return jax.lax.scan(body, carry, batches)
-
-    chunk = jax.jit(chunk, donate_argnums=0)
-    params = jax.tree_util.tree_map(jnp.array, params)  # a copy: the carry is donated
-    carry = (params, optimizer.tx.init(params))
-    n = len(next(iter(arrays.values())))
-    rng = np.random.default_rng(config.seed)
-    order = np.zeros(0, np.int64)
-    losses, done, t0 = [], 0, time.perf_counter()
-    while done < config.num_steps:
-        c = min(config.chunk_steps, config.num_steps - done)
-        need = c * config.batch_size
-        while len(order) < need:  # a new epoch: a fresh permutation
-            order = np.concatenate([order, rng.permutation(n)])
-        idx, order = order[:need], order[need:]
-        batches = {
-            k: jnp.asarray(v[idx].reshape(c, config.batch_size, -1)) for k, v in arrays.items()
-        }
-        carry, chunk_losses = chunk(carry, batches)
-        losses.append(float(np.mean(np.asarray(chunk_losses))))
-        done += c
-        if progress:
-            print(
-                f"format warm-up step {done}/{config.num_steps} loss {losses[-1]:.3f} "
-                f"({time.perf_counter() - t0:.0f}s)",
-                flush=True,
-            )
-    return jax.device_get(carry[0]), np.asarray(losses, np.float32)
+    return train_in_chunks(
+        batch_loss,
+        params,
+        make_optimizer(config.optimizer, learning_rate=config.learning_rate),
+        lambda rng: arrays,
+        num_examples=len(next(iter(arrays.values()))),
+        num_steps=config.num_steps,
+        batch_size=config.batch_size,
+        chunk_steps=config.chunk_steps,
+        seed=config.seed,
+        key=jax.random.PRNGKey(config.seed),
+        label="format warm-up",
+        progress=progress,
+    )

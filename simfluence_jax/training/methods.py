@@ -44,7 +44,9 @@ import numpy as np
 
 from simfluence_jax.registry import Registry
 
-METHODS: Registry = Registry("training method")
+TRAINING_METHODS: Registry = Registry("training method", packages=("simfluence_jax.training",))
+"""Method classes by name: ``EXTENSIONS["training method"]`` of the modules of
+``simfluence_jax.training`` (this one declares the four above)."""
 
 Path = tuple[str, ...]
 
@@ -117,7 +119,6 @@ def _as_arrays(tree):
 # ---------------------------------------------------------------------------------------------
 
 
-@METHODS.register("full")
 @dataclasses.dataclass(frozen=True)
 class FullFineTuning:
     """Trains every parameter."""
@@ -137,7 +138,6 @@ class FullFineTuning:
         return model.per_example_loss(trainable, batch)
 
 
-@METHODS.register("prompt")
 @dataclasses.dataclass(frozen=True)
 class PromptTuning:
     """Trains a soft prompt ``float32[n_tokens, prompt_dim]``; the model stays frozen.
@@ -180,7 +180,6 @@ class PromptTuning:
         return model.per_example_loss(params, batch, prompt=trainable["prompt"])
 
 
-@METHODS.register("lora")
 @dataclasses.dataclass(frozen=True)
 class LoRA:
     """Low-rank deltas ``W + (alpha / rank) A B`` on 2-D kernels whose path matches ``target``.
@@ -247,7 +246,6 @@ class LoRA:
         return model.per_example_loss(self.merged(params, trainable), batch)
 
 
-@METHODS.register("top_layers")
 @dataclasses.dataclass(frozen=True)
 class TopLayers:
     """Trains the top ``n_top`` layers and the head on cached lower-layer outputs.
@@ -314,4 +312,14 @@ class TopLayers:
 
 def make_method(name: str, **kwargs):
     """A training method by name (``full``, ``prompt``, ``lora``, ``top_layers``)."""
-    return METHODS.get(name)(**kwargs)
+    return TRAINING_METHODS.get(name)(**kwargs)
+
+
+EXTENSIONS = {
+    "training method": {
+        "full": FullFineTuning,
+        "prompt": PromptTuning,
+        "lora": LoRA,
+        "top_layers": TopLayers,
+    }
+}

@@ -31,8 +31,11 @@ from simfluence_jax.registry import Registry
 
 Schedule = Callable[[int], float]
 
-SCHEDULES: Registry = Registry("learning-rate schedule")
-OPTIMIZERS: Registry = Registry("optimizer")
+#: Schedule factories (keyword arguments ``learning_rate`` and the ``SCHEDULE_KEYS``) and
+#: optax constructors by name: ``EXTENSIONS["learning-rate schedule"]`` and
+#: ``EXTENSIONS["optimizer"]`` of the modules of ``simfluence_jax.training``.
+SCHEDULES: Registry = Registry("learning-rate schedule", packages=("simfluence_jax.training",))
+OPTIMIZERS: Registry = Registry("optimizer", packages=("simfluence_jax.training",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +60,10 @@ class Optimizer:
         return np.asarray(jnp.broadcast_to(rates, steps.shape))
 
 
-@SCHEDULES.register("constant")
 def constant_schedule(*, learning_rate: float, **_) -> Schedule:
     return optax.constant_schedule(learning_rate)
 
 
-@SCHEDULES.register("linear")
 def linear_schedule(
     *, learning_rate: float, total_steps: int, warmup_steps: int = 0, end_value: float = 0.0
 ) -> Schedule:
@@ -74,7 +75,6 @@ def linear_schedule(
     return optax.join_schedules([warm, decay], [warmup_steps])
 
 
-@SCHEDULES.register("cosine")
 def cosine_schedule(
     *, learning_rate: float, total_steps: int, warmup_steps: int = 0, end_value: float = 0.0
 ) -> Schedule:
@@ -88,7 +88,6 @@ def cosine_schedule(
     )
 
 
-@SCHEDULES.register("rsqrt")
 def rsqrt_schedule(*, learning_rate: float, warmup_steps: int = 1, **_) -> Schedule:
     if warmup_steps < 1:
         raise ValueError(f"rsqrt schedule needs warmup_steps >= 1, got {warmup_steps}")
@@ -107,11 +106,21 @@ def _check_steps(total_steps: int, warmup_steps: int) -> None:
         )
 
 
-OPTIMIZERS.register("sgd")(optax.sgd)
-OPTIMIZERS.register("adam")(optax.adam)
-OPTIMIZERS.register("adamw")(optax.adamw)
-OPTIMIZERS.register("adafactor")(optax.adafactor)
-OPTIMIZERS.register("lion")(optax.lion)
+EXTENSIONS = {
+    "learning-rate schedule": {
+        "constant": constant_schedule,
+        "linear": linear_schedule,
+        "cosine": cosine_schedule,
+        "rsqrt": rsqrt_schedule,
+    },
+    "optimizer": {
+        "sgd": optax.sgd,
+        "adam": optax.adam,
+        "adamw": optax.adamw,
+        "adafactor": optax.adafactor,
+        "lion": optax.lion,
+    },
+}
 
 #: The ``make_optimizer`` keyword arguments that go to the schedule, not the optax constructor.
 SCHEDULE_KEYS = ("total_steps", "warmup_steps", "end_value")

@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simfluence_jax import io as sio
+from simfluence_jax.training.chunked import train_in_chunks
 from simfluence_jax.training.optim import make_optimizer
 
 PRETRAIN_FORMAT = 1
@@ -361,48 +361,24 @@ def _train(config: PretrainConfig, texts, spm_path: Path, *, progress: bool):
         schedule="rsqrt",
         warmup_steps=max(config.warmup_steps, 1),
     )
-    params = model.init_random(jax.random.PRNGKey(config.seed))
-    opt_state = optimizer.tx.init(params)
-    key = jax.random.PRNGKey(config.seed + 1)
 
     def token_mean_loss(p, batch, rng):
         losses = model.per_example_loss(p, batch, rng=rng)
         return losses.sum() / jnp.maximum(batch["decoder_loss_weights"].sum(), 1.0)
 
-    def chunk(carry, batches):
-        def body(carry, batch):
-            p, s, step = carry
-            rng = jax.random.fold_in(key, step)
-            loss, grads = jax.value_and_grad(token_mean_loss)(p, batch, rng)
-            updates, s = optimizer.tx.update(grads, s, p)
-            return (jax.tree_util.tree_map(jnp.add, p, updates), s, step + 1), loss
-
-        return jax.lax.scan(body, carry, batches)
-
-    chunk = jax.jit(chunk, donate_argnums=0)
-    rng = np.random.default_rng(config.seed)
-    carry = (params, opt_state, jnp.zeros((), jnp.int32))
-    losses, order, epoch_arrays = [], np.zeros(0, np.int64), None
-    t0 = time.perf_counter()
-    done = 0
-    while done < config.num_steps:
-        c = min(config.chunk_steps, config.num_steps - done)
-        need = c * config.batch_size
-        while len(order) < need:  # a new epoch: fresh order and fresh masks
-            epoch_arrays = span_corruption_arrays(windows, config, vocab_size=vocab_size, rng=rng)
-            order = np.concatenate([order, rng.permutation(len(windows))])
-        idx, order = order[:need], order[need:]
-        batches = {
-            k: jnp.asarray(v[idx].reshape(c, config.batch_size, -1))
-            for k, v in epoch_arrays.items()
-        }
-        carry, chunk_losses = chunk(carry, batches)
-        losses.append(float(np.mean(np.asarray(chunk_losses))))
-        done += c
-        if progress:
-            print(
-                f"pretrain step {done}/{config.num_steps} loss {losses[-1]:.3f} "
-                f"({time.perf_counter() - t0:.0f}s)",
-                flush=True,
-            )
-    return jax.device_get(carry[0]), model_config, np.asarray(losses, np.float32)
+    params, losses = train_in_chunks(
+        token_mean_loss,
+        model.init_random(jax.random.PRNGKey(config.seed)),
+        optimizer,
+        # each epoch corrupts the windows afresh
+        lambda rng: span_corruption_arrays(windows, config, vocab_size=vocab_size, rng=rng),
+        num_examples=len(windows),
+        num_steps=config.num_steps,
+        batch_size=config.batch_size,
+        chunk_steps=config.chunk_steps,
+        seed=config.seed,
+        key=jax.random.PRNGKey(config.seed + 1),
+        label="pretrain",
+        progress=progress,
+    )
+    return params, model_config, losses

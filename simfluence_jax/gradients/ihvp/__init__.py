@@ -9,12 +9,13 @@ with ``H`` the Hessian of the mean training loss, forming only Hessian-vector pr
 * ``exact`` (``ExactConfig``): the explicit ``P x P`` Hessian and a dense solve;
 * ``lanczos`` (``LanczosConfig``): a rank-k Lanczos approximation, ``k`` HVPs in all.
 
-``IHVP_SOLVERS.get(name)`` is a :class:`Solver`: the config class and ``inverse_hvp``. To add
-a solver, write a module with a ``SolverConfig`` subclass (its ``solver`` name and its own
-fields) and an ``inverse_hvp``, and register the pair below.
+``IHVP_SOLVERS.get(name)`` is a :class:`Solver`: the config class and ``inverse_hvp``. It
+reads ``EXTENSIONS["influence solver"]`` of the modules of this package (the built-ins are
+declared in ``solvers``). To add a solver, write a module here with a ``SolverConfig``
+subclass (its ``solver`` name and its own fields), an ``inverse_hvp`` and
+``EXTENSIONS = {"influence solver": {MyConfig.solver: Solver(MyConfig, inverse_hvp)}}``.
 """
 
-from simfluence_jax.gradients.ihvp import cg, exact, lanczos, lissa
 from simfluence_jax.gradients.ihvp.base import InverseHVP, SolveInfo, Solver, SolverConfig
 from simfluence_jax.gradients.ihvp.cg import CGConfig, solve_cg
 from simfluence_jax.gradients.ihvp.exact import ExactConfig, solve_exact
@@ -28,11 +29,9 @@ from simfluence_jax.gradients.ihvp.lissa import (
 )
 from simfluence_jax.registry import Registry
 
-IHVP_SOLVERS: Registry[Solver] = Registry("influence solver")
-IHVP_SOLVERS.register(CGConfig.solver)(Solver(CGConfig, cg.inverse_hvp))
-IHVP_SOLVERS.register(LissaConfig.solver)(Solver(LissaConfig, lissa.inverse_hvp))
-IHVP_SOLVERS.register(ExactConfig.solver)(Solver(ExactConfig, exact.inverse_hvp))
-IHVP_SOLVERS.register(LanczosConfig.solver)(Solver(LanczosConfig, lanczos.inverse_hvp))
+IHVP_SOLVERS: Registry[Solver] = Registry(
+    "influence solver", packages=("simfluence_jax.gradients.ihvp",)
+)
 
 __all__ = [
     "CGConfig",
