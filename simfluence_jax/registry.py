@@ -142,8 +142,13 @@ class Registry(Generic[T]):
         for module in self._modules():
             if module in self._read:
                 continue
+            mod = _import(module)
+            if getattr(getattr(mod, "__spec__", None), "_initializing", False):
+                # A lookup made while this module is still being imported (its
+                # EXTENSIONS may not exist yet): read it at a later lookup.
+                continue
             self._read.add(module)
-            declared = getattr(_import(module), DECLARATION, {})
+            declared = getattr(mod, DECLARATION, {})
             for name, obj in declared.get(self.kind, {}).items():
                 self._add(name, obj, origin=module)
 

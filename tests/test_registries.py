@@ -134,3 +134,24 @@ def test_one_module_outside_the_package_extends_every_registry(tmp_path):
     )
     out = _run(code, env_modules="my_lab_extensions", path=str(tmp_path))
     assert out == ["a model", 2, "everything", "my_lab_extensions", True]
+
+
+def test_a_lookup_during_a_modules_import_does_not_lose_its_entries(tmp_path, monkeypatch):
+    # The module looks its own registry up before its EXTENSIONS exists; the registry must
+    # read it again at the next lookup instead of marking it read with nothing declared.
+    pkg = tmp_path / "partial_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "early.py").write_text(
+        "from simfluence_jax.registry import Registry\n"
+        "REG = Registry('widget', packages=('partial_pkg',))\n"
+        "BEFORE = REG.names()\n"
+        "EXTENSIONS = {'widget': {'w': 42}}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    early = importlib.import_module("partial_pkg.early")
+    assert early.BEFORE == []
+    assert early.REG.get("w") == 42
+    assert early.REG.names() == ["w"]
