@@ -92,3 +92,20 @@ def test_chunk_fits_the_budget():
     assert not memory.fits(*big, budget=24 * 1024**3)  # one test example's N x N blocks
     assert memory.fits(*memory.solver_bytes("cg", N=20_000, S=9600, B=4, P=40_000, O=12),
                        budget=1024**3)  # fmt: skip
+
+
+def test_default_chunk_caps_the_memory_fit_where_smaller_is_faster():
+    shared, per_test = memory.solver_bytes("direct", N=200, S=2400, B=4, P=400, O=50)
+    fit = memory.chunk_for(shared, per_test, 5000)
+    assert memory.default_chunk("direct", shared, per_test, 5000) == min(
+        fit, memory.DIRECT_CACHE_BYTES // per_test
+    )
+    assert 1 < memory.default_chunk("direct", shared, per_test, 5000) < fit
+    cg = memory.solver_bytes("cg", N=200, S=2400, B=4, P=400, O=50)
+    assert memory.default_chunk("cg", *cg, 5000) == memory.CG_CHUNK
+    assert memory.default_chunk("cg", *cg, 3) == 3
+    dual = memory.solver_bytes("dual", N=200, S=2400, B=4, P=400, O=50)
+    assert memory.default_chunk("dual", *dual, 5000) == memory.chunk_for(*dual, 5000)
+    # A test example larger than the cache target is still solved, one at a time.
+    big = memory.solver_bytes("direct", N=5000, S=9600, B=4, P=10_000, O=19)
+    assert memory.default_chunk("direct", *big, 100, budget=64 * 1024**3) == 1

@@ -70,8 +70,9 @@ def solve_ridge(
       tol, maxiter: CG stopping rule (ignored by the exact solvers).
       x0: CG's starting point, ``float[M, P]`` for every l2 or ``float[K, M, P]`` one per
         l2 (ignored by the exact solvers).
-      chunk: test examples solved at once (per device with a mesh); default: as many as
-        fit ``memory.MEMORY_BUDGET_BYTES`` (``memory.solver_bytes``).
+      chunk: test examples solved at once (per device with a mesh); default
+        ``memory.default_chunk``: as many as fit ``memory.MEMORY_BUDGET_BYTES``, capped
+        where a smaller chunk is faster (direct: per-test matrices within 16 MiB; CG: 8).
 
     Returns:
       ``(A, B, info)``: ``A, B`` of shape ``[K, M, N]`` (zeros for unknowns the problem
@@ -197,7 +198,7 @@ def _solver_keywords(
 ) -> dict:
     if chunk is None:
         shared, per_test = memory.problem_bytes(name, problem, K, kernel)
-        chunk = memory.chunk_for(shared, per_test, problem.num_test)
+        chunk = memory.default_chunk(name, shared, per_test, problem.num_test)
     elif int(chunk) < 1:
         raise ValueError(f"chunk must be a positive number of test examples, got {chunk!r}")
     kw = dict(num_train=problem.num_train, use_A=problem.use_A, use_B=problem.use_B,
