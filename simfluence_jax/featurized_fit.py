@@ -190,9 +190,10 @@ def train_chunk(params, opt_state, sim, data, l2, *, cfg: FeaturizedConfig, step
 
 
 @jax.jit
-def rollout_mse(params, sim, batches, losses) -> jax.Array:
-    """All-steps MSE of the rollout on runs ``batches [R, T, Bsz]``, ``losses [R, T+1, M]``
-    (inf if non-finite)."""
+def params_rollout_mse(params, sim, batches, losses) -> jax.Array:
+    """All-steps MSE of the rollout of ``sim`` with the trainable ``params`` swapped in (the
+    fitting loop's jitted form of ``fitting.rollout_mse``), on runs ``batches [R, T, Bsz]``,
+    ``losses [R, T+1, M]`` (inf if non-finite)."""
     pred = rollout(sim.replace(**params), batches, losses[:, 0])
     mse = jnp.mean((pred[:, 1:] - losses[:, 1:]) ** 2)
     return jnp.where(jnp.isfinite(mse), mse, jnp.inf)
@@ -216,7 +217,7 @@ def train(
     best, best_mse, stale, done = params, np.inf, 0, 0
     if validation is not None:
         vb, vl = jnp.asarray(validation.batches), jnp.asarray(validation.losses)
-        best_mse = float(rollout_mse(params, sim, vb, vl))  # the constant simulator
+        best_mse = float(params_rollout_mse(params, sim, vb, vl))  # the constant simulator
     while done < cfg.max_steps:
         steps = min(cfg.eval_every, cfg.max_steps - done)
         params, opt_state, value = train_chunk(
@@ -230,7 +231,7 @@ def train(
         if validation is None:
             best = params
             continue
-        mse = float(rollout_mse(params, sim, vb, vl))
+        mse = float(params_rollout_mse(params, sim, vb, vl))
         history["val_mse"].append(mse)
         if mse < best_mse:
             best, best_mse, stale = params, mse, 0
