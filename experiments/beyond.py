@@ -48,11 +48,10 @@ from typing import Any
 import numpy as np
 
 import simfluence_jax as sj
-from experiments import beyond_report
+from experiments import beyond_report, common
 from simfluence_jax import lds, search
 from simfluence_jax.evaluation import score
 from simfluence_jax.fitting import simulator_group
-from simfluence_jax.io import atomic_write
 from simfluence_jax.rollout import UnseenExampleWarning
 from simfluence_jax.sampling import sample_curricula
 
@@ -106,18 +105,12 @@ class Beyond:
     inner_folds: int = 3
 
 
-def _log(msg: str) -> None:
-    print(f"[beyond] {msg}", flush=True)
+_log = common.logger("beyond")
 
 
 def parse(argv):
     """``(Beyond, RunsConfig, FitConfig, operative config text)`` from the command line."""
-    from simfluence_jax.cli import gin_edge
-
-    return gin_edge.parse_experiment(
-        argv, Beyond, description=__doc__.split("\n\n")[0], default_gin=GIN, flags=FLAGS,
-        variant=("--small", SMALL_GIN, "tiny sizes"),
-    )  # fmt: skip
+    return common.parse(argv, Beyond, __doc__, GIN, FLAGS, ("--small", SMALL_GIN, "tiny sizes"))
 
 
 # Runs ----------------------------------------------------------------------------------------
@@ -254,7 +247,6 @@ def main(argv=None) -> Path:
     from simfluence_jax.cli.gin_edge import claim_output
     from simfluence_jax.pipeline.generate import prepare
     from simfluence_jax.reports import write_report
-    from simfluence_jax.reports.render import json_text
 
     exp, cfg, fit_cfg, config_text = parse(sys.argv[1:] if argv is None else argv)
     # One writer for the folder, refused if it holds files we did not write.
@@ -370,7 +362,7 @@ def main(argv=None) -> Path:
             "unseen_test_inner_mse": inner_mse, "unseen_test_choice": exp.unseen_test_grid[chosen],
             "timings": timings, "withheld": held.tolist(),
         }  # fmt: skip
-        atomic_write(out / "beyond.json", json_text(summary))
+        common.write_outputs(out, {"beyond.json": summary})
         _log(f"report written to {out}/report.md")
         return out
 

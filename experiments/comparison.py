@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import common
 from experiments import counterfactuals as bench
 
 GIN = "experiments/comparison.gin"
@@ -100,18 +101,12 @@ class Comparison:
     retrain_chunk: int = 32
 
 
-def _log(msg: str) -> None:
-    print(f"[comparison] {msg}", flush=True)
+_log = common.logger("comparison")
 
 
 def parse(argv):
     """``(Comparison, RunsConfig, FitConfig, operative config text)``."""
-    from simfluence_jax import cli
-
-    return cli.parse_experiment(
-        argv, Comparison, description=__doc__.split("\n\n")[0], default_gin=GIN, flags=FLAGS,
-        variant=("--tiny", TINY_GIN, "CI sizes"),
-    )  # fmt: skip
+    return common.parse(argv, Comparison, __doc__, GIN, FLAGS, ("--tiny", TINY_GIN, "CI sizes"))
 
 
 class Meter:
@@ -249,20 +244,39 @@ def accuracy_figure(table, path: Path, methods: Sequence[str]) -> None:
 
 # Main ----------------------------------------------------------------------------------------
 def main(argv=None) -> Path:
+    import contextlib
+
+    from simfluence_jax import outputs
+    from simfluence_jax.cli import gin_edge
+
+    exp, cfg, fit_cfg, config_text = parse(sys.argv[1:] if argv is None else argv)
+    command = "python -m experiments.comparison"
+    with contextlib.ExitStack() as claims:
+        out = claims.enter_context(
+            gin_edge.claim_output(exp.output_dir, command=command, config_text=config_text)
+        )
+        if outputs.resolve(exp.retrained_dir) != out:
+            # The retrainings are cached in the counterfactual benchmark's folder: claimed
+            # shared, as the benchmark claims it, so both may run at once; only its
+            # ``retrained/`` is read and written.
+            claims.enter_context(gin_edge.claim_output(exp.retrained_dir, command=command,
+                                                       shared=True))  # fmt: skip
+        return run(exp, cfg, fit_cfg, out)
+
+
+def run(exp, cfg, fit_cfg, out: Path) -> Path:
+    """The comparison (steps 1-5 of the module docstring) into the claimed folder ``out``."""
     import simfluence_jax as sj
     from simfluence_jax import attribution, lds
     from simfluence_jax import counterfactuals as cf
     from simfluence_jax.gradients.context import PrecomputedGradients
     from simfluence_jax.gradients.metagradient import Replay
-    from simfluence_jax.io import atomic_write, make_dirs
+    from simfluence_jax.io import atomic_write
     from simfluence_jax.pipeline import study
     from simfluence_jax.pipeline.experiment import fit_simulators, gradient_context
     from simfluence_jax.pipeline.generate import prepare, store_name
     from simfluence_jax.reports.render import json_text
 
-    exp, cfg, fit_cfg, config_text = parse(sys.argv[1:] if argv is None else argv)
-    out = make_dirs(exp.output_dir)
-    atomic_write(out / "operative_config.gin", config_text)
     cost: dict[str, dict[str, Any]] = {}
 
     # 1. Runs, scores, fits.
@@ -434,8 +448,7 @@ def main(argv=None) -> Path:
         "lds": lds_res,
         "cost": cost,
     }
-    atomic_write(out / "comparison.json", json_text(summary))
-    atomic_write(out / "report.md", render(summary, methods))
+    common.write_outputs(out, {"comparison.json": summary, "report.md": render(summary, methods)})
     _log(f"report written to {out}/report.md")
     return out
 

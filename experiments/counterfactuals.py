@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments import common
+
 GIN = "experiments/counterfactuals.gin"
 TINY_GIN = "experiments/counterfactuals_tiny.gin"
 #: Flag -> (gin binding it sets, type).
@@ -106,18 +108,14 @@ class Counterfactuals:
     retrain_order: str = "forward"
 
 
-def _log(msg: str) -> None:
-    print(f"[counterfactuals] {msg}", flush=True)
+_log = common.logger("counterfactuals")
 
 
 def parse(argv):
     """``(Counterfactuals, RunsConfig, FitConfig, operative config text)``."""
-    from simfluence_jax.cli import gin_edge
-
-    return gin_edge.parse_experiment(
-        argv, Counterfactuals, description=__doc__.split("\n\n")[0], default_gin=GIN, flags=FLAGS,
-        variant=("--tiny", TINY_GIN, "CI sizes"),
-    )  # fmt: skip
+    return common.parse(
+        argv, Counterfactuals, __doc__, GIN, FLAGS, ("--tiny", TINY_GIN, "CI sizes")
+    )
 
 
 # Metrics (pure NumPy) --------------------------------------------------------------------------
@@ -534,20 +532,28 @@ def lds_markdown(table: Mapping[str, Mapping[str, float]]) -> list[str]:
 
 # Main ------------------------------------------------------------------------------------------
 def main(argv=None) -> Path:
+    from simfluence_jax.cli import gin_edge
+
+    exp, cfg, fit_cfg, config_text = parse(sys.argv[1:] if argv is None else argv)
+    # A shared claim: a second process of the benchmark (``retrain_order = 'reverse'``) and
+    # the comparison (``Comparison.retrained_dir``) share the ``retrained/`` cache in this
+    # folder; every file is written atomically. A writer that claims it alone is refused.
+    command = "python -m experiments.counterfactuals"
+    with gin_edge.claim_output(exp.output_dir, command=command, config_text=config_text,
+                               shared=True) as out:  # fmt: skip
+        return run(exp, cfg, fit_cfg, config_text, out)
+
+
+def run(exp, cfg, fit_cfg, config_text: str, out: Path) -> Path:
+    """The benchmark (steps 1-6 of the module docstring) into the claimed folder ``out``."""
     import simfluence_jax as sj
     from simfluence_jax import attribution, lds
     from simfluence_jax import counterfactuals as cf
-    from simfluence_jax.cli.gin_edge import write_operative_config
     from simfluence_jax.fitting import DEFAULT_L2_GRID, fit_simulator
-    from simfluence_jax.io import atomic_write, make_dirs
     from simfluence_jax.pipeline import study
     from simfluence_jax.pipeline.experiment import fit_simulators
     from simfluence_jax.pipeline.generate import prepare
-    from simfluence_jax.reports.render import json_text
 
-    exp, cfg, fit_cfg, config_text = parse(sys.argv[1:] if argv is None else argv)
-    out = make_dirs(exp.output_dir)
-    write_operative_config(out, config_text)
     timings: dict[str, float] = {}
 
     # 1. Runs and fits.
@@ -688,8 +694,8 @@ def main(argv=None) -> Path:
         "magnitude": {k: v for k, v in magnitude.items() if k != "refit_sims"},
         "timings": timings,
     }
-    atomic_write(out / "counterfactuals.json", json_text(summary))
-    atomic_write(out / "report.md", render(summary, exp, config_text))
+    common.write_outputs(out, {"counterfactuals.json": summary,
+                               "report.md": render(summary, exp, config_text)})  # fmt: skip
     took = json.dumps({k: round(v) for k, v in timings.items()})
     _log(f"report written to {out}/report.md ({took})")
     return out

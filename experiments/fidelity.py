@@ -17,7 +17,6 @@ operative config into `Fidelity.output_dir`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -30,10 +29,12 @@ from typing import Any
 import numpy as np
 
 import simfluence_jax as sj
-from simfluence_jax.io import atomic_write
+from experiments import common
 from simfluence_jax.pipeline import study
 
 GIN = Path(__file__).resolve().parents[1] / "gin_configs" / "experiments" / "fidelity.gin"
+
+_log = common.logger("fidelity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,38 +50,14 @@ class Fidelity:
 
 
 def parse(argv) -> tuple[Fidelity, str, list[str] | None]:
-    from simfluence_jax.cli import gin_edge
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gin_file", action="append", default=None)
-    parser.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
-    args, rest = parser.parse_known_args(argv)
-    bindings = [a.split("--gin.", 1)[1] for a in rest if a.startswith("--gin.")]
-    unknown = [a for a in rest if not a.startswith("--gin.")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    import gin
-
-    gin_edge.register_configurable(Fidelity)
-    gin_edge.parse_gin([gin_edge.find_gin_file(f) for f in (args.gin_file or [GIN])], bindings)
-    fid = gin.get_configurable("Fidelity")()
-    text = gin.operative_config_str()
-    names = None if args.rows is None else [r.strip() for r in args.rows.split(",") if r.strip()]
-    if names:
-        missing = sorted(set(names) - set(fid.rows))
-        if missing:
-            raise SystemExit(f"unknown rows {missing}; known: {sorted(fid.rows)}")
-    return fid, text, names
+    return common.parse_chosen(argv, Fidelity, __doc__, GIN, "rows")
 
 
 def row_config(row: Mapping[str, Any]):
     """The ``RunsConfig`` of one row (its gin files, then its bindings)."""
     from simfluence_jax.cli import gin_edge
 
-    gin_edge.parse_gin(
-        [gin_edge.find_gin_file(f) for f in row["gin"]], list(row.get("bindings", ()))
-    )
-    return gin_edge.configs()[0]
+    return gin_edge.runs_config(row["gin"], list(row.get("bindings", ())))
 
 
 def run_row(name: str, row: Mapping[str, Any], fid: Fidelity, out: Path) -> dict:
@@ -242,15 +219,14 @@ def main(argv=None) -> int:
                 traceback.print_exc()
                 results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
             results[name]["seconds"] = time.perf_counter() - t0
-            atomic_write(results_file, json.dumps(results, indent=1, default=float))
-            print(f"[fidelity] {name}: {results[name]['seconds']:.0f} s", flush=True)
+            text = json.dumps(results, indent=1, default=float)
+            common.write_outputs(out, {"results.json": text})
+            _log(f"{name}: {results[name]['seconds']:.0f} s")
         ordered = {n: results[n] for n in fid.rows if n in results}
         _heatmap(ordered, out)
-        atomic_write(out / "report.md", render(ordered, fid))
+        common.write_outputs(out, {"report.md": render(ordered, fid)})
         print(render(ordered, fid))
-        print(
-            f"[fidelity] {len(rows)} rows in {time.perf_counter() - t_all:.0f} s; {out}/report.md"
-        )
+        _log(f"{len(rows)} rows in {time.perf_counter() - t_all:.0f} s; {out}/report.md")
     return 0
 
 

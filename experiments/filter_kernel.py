@@ -27,12 +27,15 @@ import time
 import numpy as np
 
 import simfluence_jax as sj
+from experiments import common
 from simfluence_jax.runs import RunSet
 
 GIN = "experiments/filter_kernel.gin"
 TINY_GIN = "experiments/filter_kernel_tiny.gin"
 #: Flag -> (gin binding it sets, type).
 FLAGS = {"--out": ("FilterKernel.output_dir", str), "--cache": ("FilterKernel.cache_dir", str)}
+
+_log = common.logger("filter_kernel")
 #: Compared simulators: the report's name -> registry name.
 COMPARED = {
     "linear": "linear",
@@ -142,39 +145,34 @@ def render(results: dict, runs_note: str) -> str:
 
 def parse(argv):
     """``(FilterKernel, RunsConfig, FitConfig, operative config text)``."""
-    from simfluence_jax import cli
-
-    return cli.parse_experiment(
-        argv, FilterKernel, description=__doc__.split("\n\n")[0], default_gin=GIN, flags=FLAGS,
-        variant=("--tiny", TINY_GIN, "CI sizes"),
-    )  # fmt: skip
+    return common.parse(argv, FilterKernel, __doc__, GIN, FLAGS, ("--tiny", TINY_GIN, "CI sizes"))
 
 
 def main(argv=None) -> int:
     import sys
 
-    from simfluence_jax import outputs
-    from simfluence_jax.io import atomic_write
+    from simfluence_jax.cli import gin_edge
     from simfluence_jax.pipeline import study
 
     study_cfg, runs_cfg, fit_cfg, operative = parse(sys.argv[1:] if argv is None else argv)
     split = (fit_cfg.num_fit, fit_cfg.num_val, fit_cfg.num_heldout)
-    with outputs.claim(study_cfg.output_dir, command="python -m experiments.filter_kernel") as out:
-        atomic_write(out / "operative_config.gin", operative)
+    command = "python -m experiments.filter_kernel"
+    with gin_edge.claim_output(study_cfg.output_dir, command=command, config_text=operative) as out:
         results = {}
         for seed in study_cfg.seeds:
             cfg = dataclasses.replace(runs_cfg, seed=seed)
             runs, _ = study.cached_runs(cfg, study_cfg.cache_dir,
                                         gradient_kwargs=fit_cfg.gradient_kwargs)  # fmt: skip
             results[seed] = analyse(runs, split, study_cfg)
-            print(f"[filter_kernel] seed {seed}: fitted in {results[seed]['fit_seconds']:.0f} s")
-            atomic_write(out / "results.json", json.dumps(results, indent=1, default=float))
+            _log(f"seed {seed}: fitted in {results[seed]['fit_seconds']:.0f} s")
+            text = json.dumps(results, indent=1, default=float)
+            common.write_outputs(out, {"results.json": text})
         note = (
             f"{runs_cfg.optimizer} (lr {runs_cfg.learning_rate}, {runs_cfg.optimizer_kwargs}), "
             f"{runs_cfg.num_runs} runs of {runs_cfg.num_steps} steps per seed, split "
             f"{split[0]} / {split[1]} / {split[2]}; filter length {study_cfg.filter_length}."
         )
-        atomic_write(out / "report.md", render(results, note))
+        common.write_outputs(out, {"report.md": render(results, note)})
         print(render(results, note))
     return 0
 

@@ -28,7 +28,6 @@ increment and level shapes with their 10-90% bands against the best geometric fi
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from experiments import common
 
 GIN = "experiments/impulse_responses.gin"
 #: Summary keys left out of ``shapes.json`` (the pooled shapes only).
@@ -71,44 +72,21 @@ class ImpulseStudy:
     slot_seed: int = 0
 
 
-def _log(msg: str) -> None:
-    print(f"[impulse] {msg}", flush=True)
+_log = common.logger("impulse")
 
 
 def parse(argv) -> tuple[ImpulseStudy, str, list[str] | None]:
-    from simfluence_jax import cli
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gin_file", action="append", default=None, help=f"default: {GIN}")
-    parser.add_argument("--settings", default=None, help="comma-separated names (default: all)")
-    args, rest = parser.parse_known_args(argv)
-    unknown = [a for a in rest if not a.startswith("--gin.")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    bindings = [a.split("--gin.", 1)[1] for a in rest]
-    import gin
-
-    cli.register_configurable(ImpulseStudy)
-    cli.parse_gin([cli.find_gin_file(f) for f in (args.gin_file or [GIN])], bindings)
-    study = gin.get_configurable("ImpulseStudy")()
-    text = gin.operative_config_str()
-    names = None if args.settings is None else [s.strip() for s in args.settings.split(",")]
-    if names:
-        missing = sorted(set(names) - set(study.settings))
-        if missing:
-            raise SystemExit(f"unknown settings {missing}; known: {sorted(study.settings)}")
-    return study, text, names
+    return common.parse_chosen(argv, ImpulseStudy, __doc__, GIN, "settings")
 
 
 def setting_config(setting: Mapping[str, Any], runs: int):
     """The ``RunsConfig`` of one setting: its gin files, its bindings, then ``runs`` runs and
     no checkpoints (the replay needs none)."""
-    from simfluence_jax import cli
+    from simfluence_jax.cli import gin_edge
 
     bindings = [*setting.get("bindings", ()), f"RunsConfig.num_runs = {runs}",
                 "RunsConfig.checkpoint_steps = ()"]  # fmt: skip
-    cli.parse_gin([cli.find_gin_file(f) for f in setting["gin"]], bindings)
-    return cli.configs()[0]
+    return gin_edge.runs_config(setting["gin"], bindings)
 
 
 def _key(cfg, study: ImpulseStudy, num_slots: int) -> str:
@@ -308,14 +286,12 @@ def render(table: Mapping[str, dict], labels: Mapping[str, str], study: ImpulseS
 
 
 def main(argv=None) -> Path:
-    from simfluence_jax import outputs
-    from simfluence_jax.io import atomic_write
-    from simfluence_jax.reports.render import json_text
+    from simfluence_jax.cli import gin_edge
 
     study, config_text, names = parse(sys.argv[1:] if argv is None else argv)
     chosen = {n: study.settings[n] for n in (names or study.settings)}
-    with outputs.claim(study.output_dir, command="python -m experiments.impulse_responses") as out:
-        atomic_write(out / "operative_config.gin", config_text)
+    command = "python -m experiments.impulse_responses"
+    with gin_edge.claim_output(study.output_dir, command=command, config_text=config_text) as out:
         labels = {n: s.get("label", n) for n, s in chosen.items()}
         table = {}
         for name, setting in chosen.items():
@@ -330,11 +306,11 @@ def main(argv=None) -> Path:
             _log(f"{name}: mu {s['mu']:.2f}, after lag 0 {s['after_fraction']:.2f} ({took:.0f} s)")
         summary = {"study": {k: v for k, v in dataclasses.asdict(study).items()
                              if k != "settings"}, "optimizers": table}  # fmt: skip
-        atomic_write(out / "impulse_responses.json", json_text(summary))
         pooled = {n: {k: v for k, v in t.items() if k not in PER_GROUP} for n, t in table.items()}
-        atomic_write(out / "shapes.json", json_text({**summary, "optimizers": pooled}))
+        common.write_outputs(out, {"impulse_responses.json": summary,
+                                   "shapes.json": {**summary, "optimizers": pooled}})  # fmt: skip
         figure(table, labels, out / "impulse_responses.png")
-        atomic_write(out / "report.md", render(table, labels, study))
+        common.write_outputs(out, {"report.md": render(table, labels, study)})
         _log(f"report written to {out}/report.md")
     return out
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import simfluence_jax as sj
-from simfluence_jax.io import atomic_write
+from experiments import common
 from simfluence_jax.pipeline import study
 from simfluence_jax.runs import RunSet
 
@@ -52,15 +52,16 @@ NUM_RUNS, NUM_FIT, NUM_VAL, NUM_HELDOUT = 64, 52, 4, 8
 CURVE = (16, 32, 48)
 INFLUENCE = {"influence": {"solver": "exact", "select": "head", "damping": 0.01}}
 
+_log = common.logger("optimizers")
+
 
 def runs_config(name: str):
     """The ``RunsConfig`` of one setting, read from the layered gin files."""
     from simfluence_jax.cli import gin_edge
 
     gin_file, extra = SETTINGS[name]
-    files = [gin_edge.find_gin_file(f) for f in (*BASE_GIN, gin_file)]
-    gin_edge.parse_gin(files, [f"RunsConfig.num_runs = {NUM_RUNS}", *extra])
-    return gin_edge.configs()[0]
+    bindings = [f"RunsConfig.num_runs = {NUM_RUNS}", *extra]
+    return gin_edge.runs_config([*BASE_GIN, gin_file], bindings)
 
 
 def make_runs(name: str, cache: Path):
@@ -168,18 +169,15 @@ def render(results: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from simfluence_jax.cli import gin_edge
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--optimizers", default=",".join(SETTINGS))
     parser.add_argument("--out", default="outputs/optimizers")
     parser.add_argument("--cache", default="outputs/runs_cache")
     parser.add_argument("--runs_only", action="store_true", help="make the runs, fit nothing")
     args = parser.parse_args(argv)
-    names = [n for n in args.optimizers.split(",") if n]
-    unknown = sorted(set(names) - set(SETTINGS))
-    if unknown:
-        raise SystemExit(f"unknown settings {unknown}; known: {', '.join(SETTINGS)}")
-    from simfluence_jax.cli import gin_edge
-
+    names = common.chosen(args.optimizers, SETTINGS, "settings") or []
     # One writer for --out, refused if it holds files we did not write; written atomically.
     with gin_edge.claim_output(args.out, command="python -m experiments.optimizers") as out:
         results, configs = {}, []
@@ -187,17 +185,15 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             runs, grads = make_runs(name, Path(args.cache))
             configs.append(f"# setting {name!r}\n{gin_edge.operative_config()}")
-            print(
-                f"[optimizers] {name}: runs and gradients ready ({time.perf_counter() - t0:.0f} s)"
-            )
+            _log(f"{name}: runs and gradients ready ({time.perf_counter() - t0:.0f} s)")
             if args.runs_only:
                 continue
             results[name] = analyse(name, runs, grads)
-            print(f"[optimizers] {name}: fitted and scored in {results[name]['fit_seconds']:.0f} s")
+            _log(f"{name}: fitted and scored in {results[name]['fit_seconds']:.0f} s")
         gin_edge.write_operative_config(out, "\n".join(configs))
         if results:
-            atomic_write(out / "results.json", json.dumps(results, indent=1))
-            atomic_write(out / "report.md", render(results))
+            common.write_outputs(out, {"results.json": json.dumps(results, indent=1),
+                                       "report.md": render(results)})  # fmt: skip
             print(render(results))
     return 0
 

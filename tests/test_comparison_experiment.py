@@ -60,6 +60,30 @@ def test_payoff_by_size_compares_with_random_edits_of_the_same_size():
     assert pay["b"]["4"]["helpful"]["gain"] == pytest.approx(0.2)
 
 
+def test_claims_its_folder_and_shares_the_retrained_cache(tmp_path, monkeypatch):
+    from simfluence_jax import outputs
+    from simfluence_jax.locks import StoreBusyError
+
+    ran = []
+    monkeypatch.setattr(comparison, "run", lambda exp, cfg, fit_cfg, out: ran.append(out) or out)
+    out, cache = tmp_path / "cmp", tmp_path / "cf"
+    args = ["--tiny", "--out", str(out), "--retrained", str(cache)]
+    # The counterfactual benchmark holds its folder (shared) while the comparison runs.
+    with outputs.claim(cache, command="python -m experiments.counterfactuals", shared=True):
+        assert comparison.main(args) == out
+    assert ran == [out] and (out / "operative_config.gin").is_file()
+    assert (cache / outputs.MARKER).is_file() and not (cache / "operative_config.gin").exists()
+    # One folder for both (the tiny config) is claimed once.
+    assert comparison.main(["--tiny", "--out", str(out), "--retrained", str(out)]) == out
+    with outputs.claim(cache, command="another writer"):
+        with pytest.raises(StoreBusyError, match="another writer"):
+            comparison.main(args)
+    with outputs.claim(out, command="another writer", shared=True):
+        with pytest.raises(StoreBusyError, match="another writer"):
+            comparison.main(args)
+    assert ran == [out, out]
+
+
 @pytest.mark.slow
 # The tiny split's 5 fitting runs do not cover every id of the held-out curricula: the
 # experiment's effects are NaN for those, with this warning (tests make it an error).

@@ -133,6 +133,29 @@ def test_random_edits_never_leave_a_step_of_padding_only():
         bench.random_edits(runs, [0], [12], 1, seed=0, split="heldout")
 
 
+def test_the_output_folder_is_claimed_shared_and_foreign_ones_refused(tmp_path, monkeypatch):
+    from simfluence_jax import outputs
+    from simfluence_jax.locks import StoreBusyError
+
+    ran = []
+    monkeypatch.setattr(bench, "run", lambda exp, cfg, fit_cfg, text, out: ran.append(out) or out)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("someone else's")
+    with pytest.raises(ValueError, match="not written by simfluence_jax"):
+        bench.main(["--tiny", "--out", str(foreign)])
+    assert ran == [] and sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    # Another holder of a shared claim (a second benchmark process, the comparison reading
+    # the retrained/ cache) does not stop it; one that holds the folder alone does.
+    out = tmp_path / "cf"
+    with outputs.claim(out, command="the comparison", shared=True):
+        assert bench.main(["--tiny", "--out", str(out)]) == out
+    assert ran == [out] and (out / "operative_config.gin").is_file()
+    with outputs.claim(out, command="another writer"):
+        with pytest.raises(StoreBusyError, match="another writer"):
+            bench.main(["--tiny", "--out", str(out)])
+
+
 @pytest.mark.slow
 # 5 tiny fitting runs of 32 of the 150 pool examples leave ids of the held-out curricula that
 # the index-based simulators never saw: attribution warns and gives them NaN (never ranked).

@@ -1,17 +1,14 @@
 """Two local CPU processes joined by ``jax.distributed`` share one run store."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from run_factory_worker import toy_factory, toy_plan
+from worker_processes import run_workers
 
 from simfluence_jax.store import open_store
-from simfluence_jax.training.distributed import free_port
 
 WORKER = Path(__file__).with_name("run_factory_worker.py")
 
@@ -19,40 +16,7 @@ WORKER = Path(__file__).with_name("run_factory_worker.py")
 @pytest.mark.slow  # about 30 s: two worker processes start JAX, then the runs again in one
 def test_two_processes_equal_one_process(tmp_path):
     store_dir = tmp_path / "s"
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(WORKER.parents[1]))
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                "--store",
-                str(store_dir),
-                "--process-id",
-                str(i),
-                "--num-processes",
-                "2",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=240)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
+    outs = run_workers(WORKER, ["--store", str(store_dir)], timeout=240)
     assert "collected 4 runs" in outs[0]
 
     store = open_store(store_dir)

@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from kernel_worlds import dense_ridge, mse, world
 
 import simfluence_jax as sj
-from simfluence_jax import filter_fit, metrics
+from simfluence_jax import filter_fit
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.filter import FilterSimulator
 from simfluence_jax.simulators.io import load_simulator, save_simulator
-from simfluence_jax.synthetic import make_kernel_runs
 
 L2 = 1e-3
 #: A response that peaks one step after the batch (not geometric), and a sum of two
@@ -22,18 +22,11 @@ TWO_EXPONENTIALS = 0.5 * 0.9 ** np.arange(9) + 0.5 * 0.2 ** np.arange(9)
 KW = dict(lr_scaled=True, alpha="one_plus_sum")
 
 
-def _world(seed=0, num_runs=60, **law):
-    """Runs of T = 24 steps from the filter (or momentum) law, one_plus_sum form, with a
-    warm-up/decay schedule (``synthetic.make_kernel_runs``)."""
-    return make_kernel_runs(num_train=40, num_test=6, num_runs=num_runs, subset=32, epochs=3,
-                            seed=seed, **law)  # fmt: skip
-
-
 def _numpy_ridge(runs: RunSet, h, l2: float):
     """The filter model's teacher-forced ridge written out densely: rows
     ``s_t [L_{t-1} x_t, x_t]`` with ``x_t = sum_k h[k] m(c_{t-k})``; ``(A, B) [M, N]``."""
     R, T, _ = runs.batches.shape
-    N, M = runs.num_train, runs.num_test
+    N = runs.num_train
     s = runs.learning_rates / runs.learning_rates.max()
     counts = np.zeros((R, T, N))
     for r in range(R):
@@ -43,19 +36,7 @@ def _numpy_ridge(runs: RunSet, h, l2: float):
     for t in range(T):
         for k in range(min(len(h), t + 1)):
             X[:, t] += h[k] * counts[:, t - k]
-    X = (s[..., None] * X).reshape(R * T, N)
-    A, B = np.zeros((M, N)), np.zeros((M, N))
-    for j in range(M):
-        Lp = runs.losses[:, :-1, j].reshape(-1)
-        y = runs.losses[:, 1:, j].reshape(-1) - Lp
-        D = np.concatenate([X * Lp[:, None], X], axis=1)
-        theta = np.linalg.solve(D.T @ D + l2 * np.eye(2 * N), D.T @ y)
-        A[j], B[j] = theta[:N], theta[N:]
-    return A, B
-
-
-def _mse(sim, runs):
-    return metrics.all_steps_mse(sj.predict(sim, runs), runs.losses)[0]
+    return dense_ridge(runs, (s[..., None] * X).reshape(R * T, N), l2)
 
 
 def _max_rel_error(h, truth):
@@ -73,7 +54,7 @@ def test_learned_filter_recovers_the_true_one(truth, geometric_worse):
     """Measured: max relative tap error 0.014 (late peak) and 0.037 (two exponentials);
     held-out MSE 0.99-1.0x the exact ridge with the true filter; the best geometric filter
     (momentum kernel, mu and l2 chosen on validation runs) 2.3x and 1.19x it."""
-    fit, val, test = _world(filter=truth).split(40, 10, 10)
+    fit, val, test = world(filter=truth).split(40, 10, 10)
     K = len(truth) - 1
     sim = sj.fit_simulator("linear", fit, kernel="filter", filter_length=K, l2=L2, **KW)
     assert isinstance(sim, FilterSimulator) and sim.filter.shape == (K + 1,)
@@ -82,17 +63,17 @@ def test_learned_filter_recovers_the_true_one(truth, geometric_worse):
     A, B = _numpy_ridge(fit, truth, L2)
     exact = sim.replace(A=A.astype(np.float32), B=B.astype(np.float32),
                         filter=truth.astype(np.float32))  # fmt: skip
-    mse_fit, mse_exact = _mse(sim, test), _mse(exact, test)
+    mse_fit, mse_exact = mse(sim, test), mse(exact, test)
     assert mse_fit <= 1.10 * mse_exact, (mse_fit, mse_exact)
     # The check can fail: the momentum kernel's geometric shape does not fit this world.
     momentum = sj.fit_simulator("linear", fit, validation=val, momentum="auto", **KW)
-    assert _mse(momentum, test) > geometric_worse * mse_exact, (_mse(momentum, test), mse_exact)
+    assert mse(momentum, test) > geometric_worse * mse_exact, (mse(momentum, test), mse_exact)
 
 
 def test_fit_reaches_the_joint_minimum():
     """In float64 the fitted filter is a minimum of the projected objective in every tap,
     and it scores no worse than the true filter on the fitting runs."""
-    fit = _world(filter=LATE_PEAK, num_runs=40)
+    fit = world(filter=LATE_PEAK, num_runs=40)
     K = len(LATE_PEAK) - 1
     with jax.enable_x64(True):
         sim = sj.fit_simulator("linear", fit, kernel="filter", filter_length=K, l2=L2,
@@ -114,7 +95,7 @@ def test_fit_reaches_the_joint_minimum():
 
 
 def test_zero_length_is_plain_linear():
-    fit, val, test = _world(filter=LATE_PEAK, num_runs=30).split(20, 5, 5)
+    fit, val, test = world(filter=LATE_PEAK, num_runs=30).split(20, 5, 5)
     for kw in ({}, KW):
         with jax.enable_x64(True):
             plain = sj.fit_simulator("linear", fit, l2=L2, dtype=np.float64, **kw)
@@ -141,7 +122,7 @@ def test_geometric_world_gives_the_momentum_fit():
     leading taps (measured: within 4% where mu^k >= 0.5; the small late taps are noisier,
     18% at mu^7 = 0.21)."""
     mu = 0.8
-    fit, _, test = _world(mu=mu).split(40, 10, 10)
+    fit, _, test = world(mu=mu).split(40, 10, 10)
     T = fit.num_steps
     with jax.enable_x64(True):
         momentum = sj.fit_simulator("linear", fit, momentum=mu, l2=L2, dtype=np.float64, **KW)
@@ -159,13 +140,13 @@ def test_geometric_world_gives_the_momentum_fit():
     learned = sj.fit_simulator("linear", fit, kernel="filter", filter_length=T - 1, l2=L2, **KW)
     leading = mu ** np.arange(4)  # the taps >= 0.5
     assert _max_rel_error(learned.filter[:4], leading) <= 0.10, learned.filter
-    assert _mse(learned, test) <= 1.05 * _mse(m32, test), (_mse(learned, test), _mse(m32, test))
+    assert mse(learned, test) <= 1.05 * mse(m32, test), (mse(learned, test), mse(m32, test))
 
 
 def test_measured_prior_and_registered_name():
     """``filter_init`` starts from a given response; ``linear_filter`` scales by the learning
     rate in the one_plus_sum form when the runs carry their rates, like ``linear_kernel``."""
-    fit, val, test = _world(filter=LATE_PEAK, num_runs=40).split(28, 6, 6)
+    fit, val, test = world(filter=LATE_PEAK, num_runs=40).split(28, 6, 6)
     start = np.array([1.0, 1.2, 0.9, 0.5, 0.2, 0.1])
     sim = sj.fit_simulator("linear_filter", fit, validation=val, filter_length=5,
                            filter_init=start)  # fmt: skip
@@ -179,7 +160,7 @@ def test_measured_prior_and_registered_name():
 
 
 def test_save_load_round_trip(tmp_path):
-    fit, _, test = _world(filter=LATE_PEAK, num_runs=30).split(20, 5, 5)
+    fit, _, test = world(filter=LATE_PEAK, num_runs=30).split(20, 5, 5)
     sim = sj.fit_simulator("linear", fit, kernel="filter", filter_length=3, l2=0.1, **KW)
     back = load_simulator(save_simulator(sim, tmp_path / "sim"))
     assert isinstance(back, FilterSimulator)
@@ -191,7 +172,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_bad_input_is_named():
-    runs = _world(filter=LATE_PEAK, num_runs=12)
+    runs = world(filter=LATE_PEAK, num_runs=12)
     T = runs.num_steps
 
     def fit(**kw):

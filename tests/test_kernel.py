@@ -4,27 +4,21 @@ the same model written here, and the checks on learning rates and momentum."""
 import jax
 import numpy as np
 import pytest
+from kernel_worlds import dense_ridge, mse, world
 
 import simfluence_jax as sj
-from simfluence_jax import fitting, metrics
+from simfluence_jax import fitting
 from simfluence_jax.fitting import ridge
 from simfluence_jax.runs import RunSet
-from simfluence_jax.synthetic import make_kernel_runs
 
 MU = 0.8
 L2 = 1e-3
 
 
-def _world(mu: float, schedule: bool, seed: int = 0, num_runs: int = 60):
-    """Runs from the kernel law (one_plus_sum form, ``synthetic.make_kernel_runs``)."""
-    return make_kernel_runs(num_train=40, num_test=6, num_runs=num_runs, subset=32, epochs=3,
-                            mu=mu, schedule=schedule, seed=seed)  # fmt: skip
-
-
 def _numpy_ridge(runs: RunSet, mu: float, l2: float):
     """The kernel model's teacher-forced ridge, written out densely: ``(A, B) [M, N]``."""
     R, T, _ = runs.batches.shape
-    N, M = runs.num_train, runs.num_test
+    N = runs.num_train
     s = runs.learning_rates / runs.learning_rates.max()
     X = np.zeros((R, T, N))
     x = np.zeros((R, N))
@@ -33,24 +27,12 @@ def _numpy_ridge(runs: RunSet, mu: float, l2: float):
         np.add.at(counts, (np.arange(R)[:, None], runs.batches[:, t]), 1.0)
         x = mu * x + counts
         X[:, t] = s[:, t, None] * x
-    X = X.reshape(R * T, N)
-    A, B = np.zeros((M, N)), np.zeros((M, N))
-    for j in range(M):
-        Lp = runs.losses[:, :-1, j].reshape(-1)
-        y = runs.losses[:, 1:, j].reshape(-1) - Lp
-        D = np.concatenate([X * Lp[:, None], X], axis=1)
-        theta = np.linalg.solve(D.T @ D + l2 * np.eye(2 * N), D.T @ y)
-        A[j], B[j] = theta[:N], theta[N:]
-    return A, B
-
-
-def _mse(sim, runs):
-    return metrics.all_steps_mse(sj.predict(sim, runs), runs.losses)[0]
+    return dense_ridge(runs, X.reshape(R * T, N), l2)
 
 
 @pytest.fixture(scope="module")
 def kernel_world():
-    return _world(MU, schedule=True).split(40, 10, 10)
+    return world(mu=MU, schedule=True).split(40, 10, 10)
 
 
 def test_true_momentum_matches_an_exact_numpy_ridge(kernel_world):
@@ -71,7 +53,7 @@ def test_true_momentum_matches_an_exact_numpy_ridge(kernel_world):
     sim = sj.fit_simulator("linear", fit, momentum=MU, lr_scaled=True, alpha="one_plus_sum",
                            l2=L2)  # fmt: skip
     ref = sim.replace(A=A.astype(np.float32), B=B.astype(np.float32))
-    mse_fit, mse_ref = _mse(sim, test), _mse(ref, test)
+    mse_fit, mse_ref = mse(sim, test), mse(ref, test)
     assert mse_fit <= 1.1 * mse_ref, (mse_fit, mse_ref)
 
 
@@ -80,14 +62,14 @@ def test_auto_momentum_is_close_and_the_paper_form_is_worse(kernel_world):
     ref = _numpy_ridge(fit, MU, L2)
     exact = sj.fit_simulator("linear", fit, momentum=MU, lr_scaled=True,
                              alpha="one_plus_sum", l2=L2)  # fmt: skip
-    mse_ref = _mse(exact.replace(A=ref[0].astype(np.float32), B=ref[1].astype(np.float32)), test)
+    mse_ref = mse(exact.replace(A=ref[0].astype(np.float32), B=ref[1].astype(np.float32)), test)
     auto = sj.fit_simulator(
         "linear", fit, validation=val, momentum="auto", lr_scaled=True, alpha="one_plus_sum"
     )
     assert 0.6 <= auto.momentum <= 0.95, auto.momentum
-    assert _mse(auto, test) <= 1.25 * mse_ref, (_mse(auto, test), mse_ref)
+    assert mse(auto, test) <= 1.25 * mse_ref, (mse(auto, test), mse_ref)
     paper = sj.fit_simulator("linear", fit, validation=val, alpha="one_plus_sum")
-    assert _mse(paper, test) > 3 * mse_ref, (_mse(paper, test), mse_ref)
+    assert mse(paper, test) > 3 * mse_ref, (mse(paper, test), mse_ref)
 
 
 def test_grid_search_chooses_what_single_fits_choose(kernel_world):
@@ -176,7 +158,7 @@ def test_zero_momentum_is_the_plain_linear_fit(alpha):
     """mu = 0 without lr scaling is Simfluence-Linear: the same parameters as a closed-form
     plain ridge written above (no buffer, no schedule, though these runs have one) and the
     same rollout; a nonzero mu is not."""
-    fit, _, test = _world(0.5, schedule=True, seed=1, num_runs=30).split(20, 5, 5)
+    fit, _, test = world(mu=0.5, schedule=True, seed=1, num_runs=30).split(20, 5, 5)
     alpha0 = fitting.ALPHA_FORMS[alpha]
     A, B = _plain_linear(fit, alpha0, L2)
     with jax.enable_x64(True):
@@ -194,7 +176,7 @@ def test_zero_momentum_is_the_plain_linear_fit(alpha):
 
 
 def test_lr_scaled_with_a_constant_rate_only_rescales_the_parameters():
-    fit, val, test = _world(0.0, schedule=False, seed=1, num_runs=30).split(20, 5, 5)
+    fit, val, test = world(mu=0.0, schedule=False, seed=1, num_runs=30).split(20, 5, 5)
     plain = sj.fit_simulator("linear", fit, validation=val)
     scaled = sj.fit_simulator("linear", fit, validation=val, lr_scaled=True)
     assert scaled.lr_scaled and not plain.lr_scaled

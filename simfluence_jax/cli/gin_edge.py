@@ -3,7 +3,9 @@
 
 * **Parsing**: :func:`parse_gin` reads gin files (by path or among the bundled configs,
   :func:`find_gin_file`) and ``NAME=VALUE`` bindings; :func:`parse_experiment` is the whole
-  command line of an experiment entry point; :func:`configs` and :func:`configured` make the
+  command line of an experiment entry point, built from :func:`experiment_parser`,
+  :func:`parse_arguments` and :func:`parse_record` (which entry points with flags of their
+  own call directly); :func:`configs`, :func:`configured` and :func:`runs_config` make the
   bound config records, their fields checked against their annotations.
 * **The operative config**: :func:`operative_config` is the resolved config (every binding,
   includes expanded); :func:`write_operative_config` saves it as ``operative_config.gin``
@@ -147,6 +149,41 @@ def configured(name: str):
     return out
 
 
+def experiment_parser(description: str, default_gin) -> argparse.ArgumentParser:
+    """The argument parser of an experiment entry point: ``--gin_file`` (repeatable; the
+    entry point uses ``default_gin`` when none is given). Add the entry point's own flags,
+    then read it with :func:`parse_arguments`."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--gin_file", action="append", default=None, help=f"default: {default_gin}")
+    return ap
+
+
+def parse_arguments(ap: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, list[str]]:
+    """``(args, bindings)``: ``ap``'s arguments and the ``--gin.NAME=VALUE`` bindings (as
+    ``NAME=VALUE``); any other argument is an error of ``ap``."""
+    args, rest = ap.parse_known_args(argv)
+    unknown = [a for a in rest if not a.startswith("--gin.")]
+    if unknown:
+        ap.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args, [a.split("--gin.", 1)[1] for a in rest]
+
+
+def parse_record(record, gin_files, bindings):
+    """Parses ``gin_files`` and ``bindings`` for an experiment whose config class is
+    ``record`` (registered as a gin configurable of its name). Returns ``(record made with
+    its bindings, operative config text)``."""
+    register_configurable(record)
+    parse_gin(gin_files, bindings)
+    return configured(record.__name__), operative_config()
+
+
+def runs_config(gin_files, bindings=()):
+    """The ``RunsConfig`` that ``gin_files`` and ``bindings`` give (parsed afresh; the other
+    config records are checked too)."""
+    parse_gin(gin_files, bindings)
+    return configs()[0]
+
+
 def parse_experiment(argv, record, *, description: str, default_gin, flags, variant):
     """The command line of an experiment entry point (``experiments/*.py``), parsed into gin.
 
@@ -162,26 +199,20 @@ def parse_experiment(argv, record, *, description: str, default_gin, flags, vari
       ``(record, RunsConfig, FitConfig, operative config text)``.
     """
     flag, variant_gin, variant_help = variant
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--gin_file", action="append", default=None, help=f"default: {default_gin}")
+    ap = experiment_parser(description, default_gin)
     ap.add_argument(
         flag, dest="variant", action="store_true", help=f"{variant_help} ({variant_gin})"
     )
     for name, (binding, kind) in flags.items():
         ap.add_argument(name, dest=binding, type=kind, metavar=kind.__name__.upper(),
                         help=f"sets {binding}")  # fmt: skip
-    args, rest = ap.parse_known_args(argv)
-    unknown = [a for a in rest if not a.startswith("--gin.")]
-    if unknown:
-        ap.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args, extra = parse_arguments(ap, argv)
     files = list(args.gin_file or []) + ([variant_gin] if args.variant else [])
     given = {binding: vars(args)[binding] for binding, _ in flags.values()}
-    bindings = [f"{b} = {v!r}" for b, v in given.items() if v is not None]
-    bindings += [a.split("--gin.", 1)[1] for a in rest]
-    register_configurable(record)
-    parse_gin(files or [default_gin], bindings)
+    bindings = [f"{b} = {v!r}" for b, v in given.items() if v is not None] + extra
+    exp, text = parse_record(record, files or [default_gin], bindings)
     runs_cfg, fit_cfg, _, _ = configs()
-    return configured(record.__name__), runs_cfg, fit_cfg, operative_config()
+    return exp, runs_cfg, fit_cfg, text
 
 
 def configs():

@@ -14,6 +14,7 @@ from simfluence_jax import metrics
 from simfluence_jax.rollout import rollout
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.linear import LinearSimulator
+from simfluence_jax.solvers.checks import check_l2s, check_momenta
 
 #: l2 used when neither l2 nor validation runs are given.
 DEFAULT_L2 = 1e-2
@@ -56,30 +57,25 @@ def path_mse(sims: LinearSimulator, K: int, runs: RunSet, *, mesh=None) -> np.nd
 
 
 def l2_grid(l2, validation) -> np.ndarray:
+    """``float64[K]`` l2 values to fit (``solvers.check_l2s``); several need validation runs."""
     if l2 is None:
         l2 = DEFAULT_L2_GRID if validation is not None else DEFAULT_L2
-    grid = np.atleast_1d(np.asarray(l2, np.float64))
-    if grid.ndim != 1 or grid.size == 0:
-        raise ValueError(f"l2 must be a float or a non-empty 1-D sequence, got {l2!r}")
-    if not np.all(np.isfinite(grid)) or np.any(grid <= 0):
-        raise ValueError(f"every l2 must be a finite number > 0, got {grid.tolist()}")
+    grid = check_l2s(l2)
     if grid.size > 1 and validation is None:
         raise ValueError(f"{grid.size} l2 values given but no validation runs to choose among them")
     return grid
 
 
 def momentum_grid(momentum, validation) -> np.ndarray:
+    """``float64[n_mu]`` mu values to fit: ``MOMENTUM_GRID`` for ``"auto"``, else the values
+    (``solvers.check_momenta``); several need validation runs."""
     if isinstance(momentum, str):
         if momentum != "auto":
             raise ValueError(f"momentum must be a number in [0, 1) or 'auto', got {momentum!r}")
         if validation is None:
             raise ValueError("momentum='auto' chooses mu on validation runs; pass validation=")
         return np.asarray(MOMENTUM_GRID)
-    grid = np.atleast_1d(np.asarray(momentum, np.float64))
-    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
-        raise ValueError(f"momentum must be a number in [0, 1) or 'auto', got {momentum!r}")
-    if np.any(grid < 0) or np.any(grid >= 1):
-        raise ValueError(f"momentum must lie in [0, 1), got {grid.tolist()}")
+    grid = check_momenta(momentum)
     if grid.size > 1 and validation is None:
         raise ValueError(f"{grid.size} momentum values given but no validation runs")
     return grid

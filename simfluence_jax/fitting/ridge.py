@@ -16,7 +16,7 @@ from simfluence_jax.fitting.choice import l2_grid, momentum_grid, path_mse
 from simfluence_jax.rollout import teacher_forced
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.linear import LinearSimulator
-from simfluence_jax.solvers import RidgeProblem, solve_ridge, solve_ridge_grid
+from simfluence_jax.solvers import RidgeProblem, solve_ridge_grid, solve_ridge_path
 
 #: Most bytes of candidate parameters a (mu, l2) grid holds at once; larger grids are
 #: solved in chunks of mu values.
@@ -129,21 +129,21 @@ def _candidates(base, grid, mus, runs, prior, *, solver, mesh, alpha0, lr_scaled
             for i, mu in enumerate(chunk):
                 yield float(mu), A[i], B[i]
         return
-    x0 = None
-    for mu in mus:
-        problem = base.with_kernel(float(mu), base.scales)
-        if prior is not None:
-            # Shrink toward the prior: solve for theta - theta0 against y - X theta0.
-            p0 = prior.replace(momentum=float(mu), alpha0=alpha0, lr_scaled=lr_scaled,
-                               lr_ref=lr_ref if lr_scaled else np.nan)  # fmt: skip
-            X_theta0 = teacher_forced(p0, runs) - alpha0 * runs.losses[:, :-1]  # [R, T, M]
-            y = problem.y - np.transpose(X_theta0, (2, 1, 0)).astype(problem.y.dtype)
-            problem = dataclasses.replace(problem, y=y)
-        A, B, info = solve_ridge(problem, grid, solver=solver, mesh=mesh, x0=x0)
-        if info["solver"] == "cg":
-            # Every l2 of the next mu starts from this mu's solution at the same l2.
-            parts = ([A] if base.use_A else []) + ([B] if base.use_B else [])
-            x0 = np.concatenate([np.asarray(p) for p in parts], axis=-1)
+
+    def problem_at(mu):
+        problem = base.with_kernel(mu, base.scales)
+        if prior is None:
+            return problem
+        # Shrink toward the prior: solve for theta - theta0 against y - X theta0.
+        p0 = prior.replace(momentum=mu, alpha0=alpha0, lr_scaled=lr_scaled,
+                           lr_ref=lr_ref if lr_scaled else np.nan)  # fmt: skip
+        X_theta0 = teacher_forced(p0, runs) - alpha0 * runs.losses[:, :-1]  # [R, T, M]
+        y = problem.y - np.transpose(X_theta0, (2, 1, 0)).astype(problem.y.dtype)
+        return dataclasses.replace(problem, y=y)
+
+    # CG starts every l2 of the next mu from this mu's solution at the same l2.
+    problems = (problem_at(float(mu)) for mu in mus)
+    for mu, (A, B, _) in zip(mus, solve_ridge_path(problems, grid, solver=solver, mesh=mesh)):
         if prior is not None:
             A, B = A + np.asarray(prior.A)[None], B + np.asarray(prior.B)[None]
         yield float(mu), A, B

@@ -71,12 +71,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from simfluence_jax.gradients.influence import scores_through
 from simfluence_jax.gradients.per_example import (
     LossFn,
     _num_rows,
-    dots_with,
     param_paths,
-    per_example_grads,
     restrict,
 )
 
@@ -389,17 +388,15 @@ def ekfac_scores(
     if not lam > 0:
         raise ValueError(f"EK-FAC damping resolves to lambda={lam:g}; the curvature is zero")
     _, unravel = ravel_pytree(r.theta)
-    grads = jax.jit(lambda th, fr, x: per_example_grads(r.loss_fn, th, fr, x,
-                                                        chunk_size=config.chunk_size))  # fmt: skip
-    V = _inverse_fn(f["blocks"], f["bases"], f["eigenvalues"], lam, unravel)(
-        grads(r.theta, r.frozen, test_inputs)
-    )
-    if not bool(jnp.all(jnp.isfinite(V))):
-        raise ValueError(f"the EK-FAC inverse is not finite (lambda={lam:g})")
-    dots = jax.jit(
-        lambda th, fr, x, V: dots_with(r.loss_fn, th, fr, x, V, chunk_size=config.chunk_size)
-    )
-    scores = np.asarray(dots(r.theta, r.frozen, train_inputs, V), np.float32)
+    apply = _inverse_fn(f["blocks"], f["bases"], f["eigenvalues"], lam, unravel)
+
+    def inverse(G_test):
+        V = apply(G_test)
+        if not bool(jnp.all(jnp.isfinite(V))):
+            raise ValueError(f"the EK-FAC inverse is not finite (lambda={lam:g})")
+        return V, None
+
+    scores, _ = scores_through(r, train_inputs, test_inputs, inverse, chunk_size=config.chunk_size)
     info = dict(
         **{"lambda": lam},
         blocks=[(b.name, b.d_in, b.d_out) for b in f["blocks"]],

@@ -23,6 +23,7 @@ needed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -30,7 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from simfluence_jax.gradients.ihvp import IHVP_SOLVERS, SolveInfo, SolverConfig
-from simfluence_jax.gradients.per_example import LossFn, dots_with, per_example_grads, restrict
+from simfluence_jax.gradients.per_example import (
+    LossFn,
+    Restricted,
+    dots_with,
+    per_example_grads,
+    restrict,
+)
 
 
 def InfluenceConfig(solver: str = "cg", **fields) -> SolverConfig:
@@ -106,26 +113,51 @@ def influence_scores(
     config = InfluenceConfig() if config is None else config
     r = restrict(loss_fn, theta, frozen, select=config.select)
     hessian_inputs = train_inputs if hessian_inputs is None else hessian_inputs
+
+    def inverse(G_test):
+        X, info = inverse_hvp(r.loss_fn, r.theta, r.frozen, hessian_inputs, G_test, config=config)
+        if info.negative_curvature:
+            raise ValueError(
+                f"H + {config.damping:g} I is not positive definite at these parameters (the "
+                f"{config.solver} solver met non-positive curvature); raise the damping"
+            )
+        if not bool(jnp.all(jnp.isfinite(X))):
+            raise ValueError(
+                f"the {config.solver} solve diverged (non-finite values): H + {config.damping:g} I "
+                "must be positive definite and, for LiSSA, its eigenvalues below 2 x the scale"
+            )
+        return X, info
+
+    return scores_through(r, train_inputs, test_inputs, inverse, chunk_size=config.chunk_size)
+
+
+def scores_through(
+    r: Restricted,
+    train_inputs,
+    test_inputs,
+    inverse: Callable[[jax.Array], tuple[jax.Array, Any]],
+    *,
+    chunk_size: int | None,
+) -> tuple[np.ndarray, Any]:
+    """``(float32[N, M], info)``: ``g_i^T V_j`` with ``(V, info) = inverse(G_test)``.
+
+    The M test gradients ``G_test float32[M, P]`` of the restricted model ``r`` are formed
+    at once; ``inverse`` (an influence solver or EK-FAC, which checks its own output) maps
+    them to ``V float32[M, P]``; the N training gradients are formed ``chunk_size`` at a
+    time and dotted with ``V`` (``per_example.dots_with``)."""
     grads = jax.jit(
-        lambda th, fr, x: per_example_grads(r.loss_fn, th, fr, x, chunk_size=config.chunk_size)
+        lambda th, fr, x: per_example_grads(r.loss_fn, th, fr, x, chunk_size=chunk_size)
     )
-    G_test = grads(r.theta, r.frozen, test_inputs)
-    X, info = inverse_hvp(r.loss_fn, r.theta, r.frozen, hessian_inputs, G_test, config=config)
-    if info.negative_curvature:
-        raise ValueError(
-            f"H + {config.damping:g} I is not positive definite at these parameters (the "
-            f"{config.solver} solver met non-positive curvature); raise the damping"
-        )
-    if not bool(jnp.all(jnp.isfinite(X))):
-        raise ValueError(
-            f"the {config.solver} solve diverged (non-finite values): H + {config.damping:g} I "
-            "must be positive definite and, for LiSSA, its eigenvalues below 2 x the scale"
-        )
-    dots = jax.jit(
-        lambda th, fr, x, V: dots_with(r.loss_fn, th, fr, x, V, chunk_size=config.chunk_size)
-    )
-    scores = np.asarray(dots(r.theta, r.frozen, train_inputs, X), np.float32)
-    return scores, info
+    V, info = inverse(grads(r.theta, r.frozen, test_inputs))
+    dots = jax.jit(lambda th, fr, x, V: dots_with(r.loss_fn, th, fr, x, V, chunk_size=chunk_size))
+    return np.asarray(dots(r.theta, r.frozen, train_inputs, V), np.float32), info
 
 
-__all__ = ["InfluenceConfig", "SolveInfo", "SolverConfig", "influence_scores", "inverse_hvp"]
+__all__ = [
+    "InfluenceConfig",
+    "SolveInfo",
+    "SolverConfig",
+    "influence_scores",
+    "inverse_hvp",
+    "scores_through",
+]

@@ -10,14 +10,16 @@ Three solvers give the same answer (tests hold them to each other):
 
 ``choose_solver`` picks one by a cost model fitted to measured times (``solvers.cost``)
 within a memory budget (``solvers.memory``); ``solve_ridge`` runs it, sharding test
-examples over a mesh when one is given. ``solve_ridge_grid`` solves a whole (mu, l2) grid
-of the optimizer kernel: the direct solver in one compiled loop over mu that shares what
-does not depend on mu, CG warm-started from the previous mu's solution at the same l2, the
-dual solver mu by mu.
+examples over a mesh when one is given. ``solve_ridge_path`` solves a sequence of problems
+(one per mu), CG warm-started from the previous problem's solution at the same l2.
+``solve_ridge_grid`` solves a whole (mu, l2) grid of the optimizer kernel: the direct solver
+in one compiled loop over mu that shares what does not depend on mu, CG and the dual solver
+mu by mu (``solve_ridge_path``). ``checks`` holds the checks of the l2 and mu values.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from functools import partial
 
 import jax.numpy as jnp
@@ -27,6 +29,7 @@ from simfluence_jax.registry import Registry
 from simfluence_jax.sharding import map_over_test
 from simfluence_jax.solvers import cost, memory
 from simfluence_jax.solvers.cg import solve_cg
+from simfluence_jax.solvers.checks import check_l2s, check_momenta
 from simfluence_jax.solvers.common import occurrences
 from simfluence_jax.solvers.direct import solve_direct, solve_direct_grid
 from simfluence_jax.solvers.dual import solve_dual
@@ -78,7 +81,7 @@ def solve_ridge(
       ``(A, B, info)``: ``A, B`` of shape ``[K, M, N]`` (zeros for unknowns the problem
       leaves out) and a dict naming the solver (and CG's iterations and residuals).
     """
-    l2s = _check_l2s(l2s)
+    l2s = check_l2s(l2s)
     name = choose_solver(problem, num_l2=len(l2s)) if solver == "auto" else solver
     fn = SOLVERS.get(name)
     kw = _solver_keywords(problem, name, tol, maxiter, chunk, len(l2s))
@@ -112,6 +115,38 @@ def solve_ridge(
     return A, B, info
 
 
+def solve_ridge_path(
+    problems: Iterable[RidgeProblem],
+    l2s,
+    *,
+    solver: str = "auto",
+    mesh=None,
+    tol: float | None = None,
+    maxiter: int | None = None,
+    chunk: int | None = None,
+) -> Iterator[tuple]:
+    """Yields ``solve_ridge(p, l2s, ...)`` for each problem ``p`` of ``problems`` in turn.
+
+    The problems are a path of neighbouring problems (the same rows filtered with one mu
+    after another): whenever a problem is solved by CG, the next one CG solves starts every
+    l2 from that solution at the same l2. ``problems`` is read lazily, one at a time.
+
+    Args:
+      problems: the ridge problems, each with the same unknowns.
+      l2s, solver, mesh, tol, maxiter, chunk: as for ``solve_ridge``.
+
+    Yields:
+      ``(A, B, info)`` of ``solve_ridge`` for each problem.
+    """
+    x0 = None
+    for problem in problems:
+        A, B, info = solve_ridge(problem, l2s, solver=solver, mesh=mesh, tol=tol,
+                                 maxiter=maxiter, x0=x0, chunk=chunk)  # fmt: skip
+        if info["solver"] == "cg":
+            x0 = _theta(problem, A, B)
+        yield A, B, info
+
+
 def solve_ridge_grid(
     problem: RidgeProblem,
     l2s,
@@ -141,12 +176,8 @@ def solve_ridge_grid(
       ``(A, B, info)``: ``A, B`` of shape ``[n_mu, K, M, N]`` and a dict naming the solver
       (and, for CG, the iterations per mu).
     """
-    l2s = _check_l2s(l2s)
-    mus = np.atleast_1d(np.asarray(momenta, dtype=np.float64))
-    if mus.ndim != 1 or mus.size == 0 or np.any(~np.isfinite(mus)):
-        raise ValueError(f"momenta must be a non-empty 1-D sequence, got {momenta!r}")
-    if np.any(mus < 0) or np.any(mus >= 1):
-        raise ValueError(f"every mu must lie in [0, 1), got {mus.tolist()}")
+    l2s = check_l2s(l2s)
+    mus = check_momenta(momenta)
     name = (
         choose_solver(problem, kernel_rows=True, num_l2=len(l2s) * len(mus))
         if solver == "auto"
@@ -156,16 +187,14 @@ def solve_ridge_grid(
     problems = [problem.with_kernel(float(mu), problem.scales) for mu in mus]
     if name != "direct":
         # One solve per mu; CG starts every l2 from the previous mu's solution at that l2.
-        As, Bs, info, x0 = [], [], {"solver": name}, None
-        for p in problems:
-            A, B, step = solve_ridge(p, l2s, solver=name, mesh=mesh, tol=tol, maxiter=maxiter,
-                                     x0=x0, chunk=chunk)  # fmt: skip
+        As, Bs, info = [], [], {"solver": name}
+        for A, B, step in solve_ridge_path(problems, l2s, solver=name, mesh=mesh, tol=tol,
+                                           maxiter=maxiter, chunk=chunk):  # fmt: skip
             As.append(A)
             Bs.append(B)
             info["chunk"] = step["chunk"]
             if name == "cg":
                 info.setdefault("iterations", []).append(step["iterations"])
-                x0 = _theta(p, A, B)
         return jnp.stack(As), jnp.stack(Bs), info
     dtype = problem.Lp.dtype
     filters = np.stack([p.kernel_arrays(dtype)[0] for p in problems])
@@ -182,15 +211,6 @@ def solve_ridge_grid(
     )
     A, B = problem.split_theta(theta)
     return A, B, {"solver": name, "chunk": kw["chunk"]}
-
-
-def _check_l2s(l2s) -> np.ndarray:
-    l2s = np.atleast_1d(np.asarray(l2s, dtype=np.float64))
-    if l2s.ndim != 1 or l2s.size == 0:
-        raise ValueError(f"l2 must be a float or a non-empty 1-D sequence, got {l2s!r}")
-    if not np.all(np.isfinite(l2s)) or np.any(l2s <= 0):
-        raise ValueError(f"every l2 must be a finite number > 0, got {l2s.tolist()}")
-    return l2s
 
 
 def _solver_keywords(
@@ -229,4 +249,13 @@ def _call(fn, kw, has_x0, has_kernel, n_extra, Lp, y, *rest):
     return fn(ids, Lp, y, l2s, kernel, **extra, **kw)
 
 
-__all__ = ["RidgeProblem", "SOLVERS", "choose_solver", "solve_ridge", "solve_ridge_grid"]
+__all__ = [
+    "RidgeProblem",
+    "SOLVERS",
+    "check_l2s",
+    "check_momenta",
+    "choose_solver",
+    "solve_ridge",
+    "solve_ridge_grid",
+    "solve_ridge_path",
+]

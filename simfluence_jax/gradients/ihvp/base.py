@@ -4,18 +4,22 @@ the registry entry.
 A solver computes ``X = (H + lambda I)^{-1} B`` for right-hand sides ``B float32[M, P]``
 (one per row), with ``H`` the Hessian of the mean training loss. Each solver module defines
 a frozen config dataclass (these common fields plus its own) and an ``inverse_hvp``
-function; ``simfluence_jax.gradients.ihvp`` registers the pair under the solver's name.
+function, written as ``solve(hessian, rhs, config)`` and given the common signature by
+:func:`hessian_solver`; ``simfluence_jax.gradients.ihvp`` registers the pair under the
+solver's name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import ClassVar, NamedTuple
+from functools import partial
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 
-from simfluence_jax.gradients.per_example import Select
+from simfluence_jax.gradients.ihvp.hvp import Matvec, mean_loss_hvp
+from simfluence_jax.gradients.per_example import LossFn, Select
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -75,4 +79,34 @@ class Solver(NamedTuple):
     inverse_hvp: InverseHVP
 
 
-__all__ = ["InverseHVP", "SolveInfo", "Solver", "SolverConfig"]
+class Hessian(NamedTuple):
+    """The Hessian ``H`` a solver inverts: of the mean of ``loss_fn`` over ``inputs``.
+
+    Attributes:
+      loss_fn: the (restricted) loss, ``loss_fn(theta, frozen, inputs) -> float32[B]``.
+      args: ``(theta, frozen, inputs)``: passed to compiled solvers as arguments.
+      dim: ``P``, the raveled size of ``theta``.
+      hvp: ``hvp(theta, frozen, inputs) -> Matvec``: ``mean_loss_hvp`` with the config's
+        ``chunk_size``.
+    """
+
+    loss_fn: LossFn
+    args: tuple[Any, Any, Any]
+    dim: int
+    hvp: Callable[..., Matvec]
+
+
+def hessian_solver(solve: Callable[..., tuple[jax.Array, SolveInfo]]) -> InverseHVP:
+    """A solver's ``inverse_hvp`` (the :class:`Solver` signature) from
+    ``solve(hessian: Hessian, rhs float32[M, P], config) -> (X, SolveInfo)``."""
+
+    def inverse_hvp(loss_fn, theta, frozen, hessian_inputs, rhs, *, config):
+        hvp = partial(mean_loss_hvp, loss_fn, chunk_size=config.chunk_size)
+        hessian = Hessian(loss_fn, (theta, frozen, hessian_inputs), rhs.shape[1], hvp)
+        return solve(hessian, rhs, config)
+
+    inverse_hvp.__module__, inverse_hvp.__doc__ = solve.__module__, solve.__doc__
+    return inverse_hvp
+
+
+__all__ = ["Hessian", "InverseHVP", "SolveInfo", "Solver", "SolverConfig", "hessian_solver"]

@@ -16,15 +16,13 @@ curvature ``p^T A p <= 0`` stops that row and is reported. One iteration costs M
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from simfluence_jax.gradients.ihvp.base import SolveInfo, SolverConfig
-from simfluence_jax.gradients.ihvp.hvp import Matvec, mean_loss_hvp
-from simfluence_jax.gradients.per_example import LossFn
+from simfluence_jax.gradients.ihvp.base import Hessian, SolveInfo, SolverConfig, hessian_solver
+from simfluence_jax.gradients.ihvp.hvp import Matvec
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,16 +102,14 @@ def solve_cg(
     return x, (k, jnp.max(true_res), negative)
 
 
-def inverse_hvp(
-    loss_fn: LossFn, theta: Any, frozen: Any, hessian_inputs, rhs: jax.Array, *, config: CGConfig
-) -> tuple[jax.Array, SolveInfo]:
+@hessian_solver
+def inverse_hvp(h: Hessian, rhs: jax.Array, config: CGConfig) -> tuple[jax.Array, SolveInfo]:
     """``(X float32[M, P], SolveInfo)`` by :func:`solve_cg` on the model's HVPs."""
-    hvp = partial(mean_loss_hvp, loss_fn, chunk_size=config.chunk_size)
 
     def cg(th, fr, x, b):
         return solve_cg(
-            hvp(th, fr, x), b, damping=config.damping, tol=config.tol, max_iter=config.max_iter
+            h.hvp(th, fr, x), b, damping=config.damping, tol=config.tol, max_iter=config.max_iter
         )
 
-    X, (k, res, neg) = jax.jit(cg)(theta, frozen, hessian_inputs, rhs)
+    X, (k, res, neg) = jax.jit(cg)(*h.args, rhs)
     return X, SolveInfo(iterations=int(k), residual=float(res), negative_curvature=bool(neg))

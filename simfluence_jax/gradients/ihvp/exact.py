@@ -10,16 +10,14 @@ non-positive one is reported as negative curvature.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simfluence_jax.gradients.ihvp.base import SolveInfo, SolverConfig
-from simfluence_jax.gradients.ihvp.hvp import explicit_matrix, mean_loss_hvp
-from simfluence_jax.gradients.per_example import LossFn
+from simfluence_jax.gradients.ihvp.base import Hessian, SolveInfo, SolverConfig, hessian_solver
+from simfluence_jax.gradients.ihvp.hvp import explicit_matrix
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,19 +34,10 @@ def solve_exact(H: jax.Array, b: jax.Array, *, damping: float) -> jax.Array:
     return jnp.linalg.solve(A, b.T).T
 
 
-def inverse_hvp(
-    loss_fn: LossFn,
-    theta: Any,
-    frozen: Any,
-    hessian_inputs,
-    rhs: jax.Array,
-    *,
-    config: ExactConfig,
-) -> tuple[jax.Array, SolveInfo]:
+@hessian_solver
+def inverse_hvp(h: Hessian, rhs: jax.Array, config: ExactConfig) -> tuple[jax.Array, SolveInfo]:
     """``(X float32[M, P], SolveInfo)`` from the explicit ``P x P`` Hessian."""
-    P = rhs.shape[1]
-    hvp = partial(mean_loss_hvp, loss_fn, chunk_size=config.chunk_size)
-    H = jax.jit(lambda th, fr, x: explicit_matrix(hvp(th, fr, x), P))(theta, frozen, hessian_inputs)
+    H = jax.jit(lambda th, fr, x: explicit_matrix(h.hvp(th, fr, x), h.dim))(*h.args)
     X = jax.jit(lambda H, b: solve_exact(H, b, damping=config.damping))(H, rhs)
     lowest = float(np.linalg.eigvalsh(np.asarray(H, np.float64))[0]) + config.damping
-    return X, SolveInfo(iterations=P, residual=float("nan"), negative_curvature=lowest <= 0)
+    return X, SolveInfo(iterations=h.dim, residual=float("nan"), negative_curvature=lowest <= 0)

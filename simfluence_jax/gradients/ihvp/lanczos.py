@@ -15,15 +15,13 @@ per iteration. A non-positive ``min(mu) + lambda`` is reported as negative curva
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from simfluence_jax.gradients.ihvp.base import SolveInfo, SolverConfig
-from simfluence_jax.gradients.ihvp.hvp import Matvec, mean_loss_hvp
-from simfluence_jax.gradients.per_example import LossFn
+from simfluence_jax.gradients.ihvp.base import Hessian, SolveInfo, SolverConfig, hessian_solver
+from simfluence_jax.gradients.ihvp.hvp import Matvec
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,22 +96,13 @@ def solve_lowrank(mu: jax.Array, U: jax.Array, b: jax.Array, *, damping: float) 
     return b / damping + ((b @ U.T) * coef) @ U
 
 
-def inverse_hvp(
-    loss_fn: LossFn,
-    theta: Any,
-    frozen: Any,
-    hessian_inputs,
-    rhs: jax.Array,
-    *,
-    config: LanczosConfig,
-) -> tuple[jax.Array, SolveInfo]:
+@hessian_solver
+def inverse_hvp(h: Hessian, rhs: jax.Array, config: LanczosConfig) -> tuple[jax.Array, SolveInfo]:
     """``(X float32[M, P], SolveInfo)`` from ``min(rank, P)`` Lanczos steps on ``H``."""
-    P = rhs.shape[1]
-    rank = min(config.rank, P)
-    hvp = partial(mean_loss_hvp, loss_fn, chunk_size=config.chunk_size)
-    mu, U = jax.jit(lambda th, fr, x: lanczos(hvp(th, fr, x), P, rank=rank, seed=config.seed))(
-        theta, frozen, hessian_inputs
-    )
+    rank = min(config.rank, h.dim)
+    mu, U = jax.jit(
+        lambda th, fr, x: lanczos(h.hvp(th, fr, x), h.dim, rank=rank, seed=config.seed)
+    )(*h.args)
     X = jax.jit(lambda mu, U, b: solve_lowrank(mu, U, b, damping=config.damping))(mu, U, rhs)
     lowest = float(jnp.min(mu)) + config.damping
     return X, SolveInfo(iterations=rank, residual=float("nan"), negative_curvature=lowest <= 0)

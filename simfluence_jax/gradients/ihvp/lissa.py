@@ -15,15 +15,14 @@ random minibatch, and ``repeats`` independent estimates are averaged.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from simfluence_jax.gradients.ihvp.base import SolveInfo, SolverConfig
-from simfluence_jax.gradients.ihvp.hvp import Matvec, mean_loss_hvp
+from simfluence_jax.gradients.ihvp.base import Hessian, SolveInfo, SolverConfig, hessian_solver
+from simfluence_jax.gradients.ihvp.hvp import Matvec
 from simfluence_jax.gradients.per_example import LossFn
 
 
@@ -146,27 +145,17 @@ def lissa_stochastic(
     return sum(one_estimate(theta, frozen, inputs, rhs, k) for k in keys) / repeats
 
 
-def inverse_hvp(
-    loss_fn: LossFn,
-    theta: Any,
-    frozen: Any,
-    hessian_inputs,
-    rhs: jax.Array,
-    *,
-    config: LissaConfig,
-) -> tuple[jax.Array, SolveInfo]:
+@hessian_solver
+def inverse_hvp(h: Hessian, rhs: jax.Array, config: LissaConfig) -> tuple[jax.Array, SolveInfo]:
     """``(X float32[M, P], SolveInfo)`` by full-batch or stochastic LiSSA.
 
     ``sigma`` is ``config.scale``, or 1.1 x (the power-iteration top eigenvalue of ``H`` plus
     the damping) when that is ``None``. The residual is not measured (``nan``).
     """
-    c = config
-    P = rhs.shape[1]
-    hvp = partial(mean_loss_hvp, loss_fn, chunk_size=c.chunk_size)
-    args = (theta, frozen, hessian_inputs)
+    c, hvp, args = config, h.hvp, h.args
     scale = c.scale
     if scale is None:
-        top = jax.jit(lambda th, fr, x: top_eigenvalue(hvp(th, fr, x), P, seed=c.seed))(*args)
+        top = jax.jit(lambda th, fr, x: top_eigenvalue(hvp(th, fr, x), h.dim, seed=c.seed))(*args)
         scale = 1.1 * (float(top) + c.damping)
     if c.batch_size is None:
 
@@ -176,7 +165,7 @@ def inverse_hvp(
         X = jax.jit(lissa)(*args, rhs)
     else:
         X = lissa_stochastic(
-            loss_fn,
+            h.loss_fn,
             *args,
             rhs,
             damping=c.damping,
