@@ -4,8 +4,9 @@
 The grid sweeps each axis from a middle point (N=1,000, M=500, R=100, T=96, B=4): N in
 {200, 1k, 5k, 20k}, M in {50, 500, 5,000}, R in {25, 100, 400}, T in {96, 1,000}; plus the
 GPTfluence size (N=M=200, R=25, T=96) and the largest (N=20k, M=5,000, R=100, T=96), which
-is run once, compilation included, for its memory. Runs follow the GPTfluence protocol (each run a random subset of the
-pool, several epochs, truncated to T steps) with losses from a known Simfluence-Linear law.
+is run once, compilation included, for its memory. Runs follow the GPTfluence protocol
+(each run a random subset of the pool, several epochs, truncated to T steps) with losses
+from a known Simfluence-Linear law.
 
 Each operation is timed after a warm-up call (wall time, the least of up to three calls;
 also the process CPU time), with the peak resident memory the timed call adds (``VmHWM``

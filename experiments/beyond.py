@@ -52,7 +52,7 @@ from experiments import beyond_report, common
 from simfluence_jax import lds, search
 from simfluence_jax.evaluation import score
 from simfluence_jax.fitting import simulator_group
-from simfluence_jax.rollout import UnseenExampleWarning
+from simfluence_jax.rollouts import UnseenExampleWarning
 from simfluence_jax.sampling import sample_curricula
 
 GIN = "experiments/beyond.gin"

@@ -205,7 +205,7 @@ def simulate_edits(sim, batches, L0, *, learning_rates=None, originals=None, chu
     """
     import jax.numpy as jnp
 
-    from simfluence_jax.rollout import lr_scales, rollout_weighted
+    from simfluence_jax.rollouts import lr_scales, rollout_weighted
     from simfluence_jax.simulators.base import batch_mask
 
     batches = np.asarray(batches, np.int32)

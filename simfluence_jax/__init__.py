@@ -9,8 +9,6 @@ load inside a training process written in another framework without importing JA
 """
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
@@ -39,12 +37,12 @@ _EXPORTS = {
     "read_long": "importers",
     "write_gptfluence": "importers",
     "RunLogger": "logger",
-    "DivergenceWarning": "rollout",
-    "UnseenExampleWarning": "rollout",
-    "closed_form_final": "rollout",
-    "diverged": "rollout",
-    "rollout": "rollout",
-    "simulate": "rollout",
+    "DivergenceWarning": "rollouts",
+    "UnseenExampleWarning": "rollouts",
+    "closed_form_final": "rollouts",
+    "diverged": "rollouts",
+    "rollout": "rollouts",
+    "simulate": "rollouts",
     "RunSet": "runs",
     "test_mesh": "sharding",
     "FilterSimulator": "simulators",
@@ -71,16 +69,3 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
-
-
-class _Namespace(types.ModuleType):
-    """Keeps ``simfluence_jax.rollout`` the function: importing the submodule of the same
-    name would otherwise bind the module to that attribute."""
-
-    def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Namespace

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from simfluence_jax import metrics
-from simfluence_jax.rollout import diverged, rollout
+from simfluence_jax.rollouts import diverged, rollout
 from simfluence_jax.runs import RunSet
 
 

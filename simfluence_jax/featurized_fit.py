@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simfluence_jax.rollout import rollout
+from simfluence_jax.rollouts import rollout
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.base import batch_mask
 from simfluence_jax.simulators.featurized import (

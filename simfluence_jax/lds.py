@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from simfluence_jax import metrics
-from simfluence_jax.rollout import rollout
+from simfluence_jax.rollouts import rollout
 from simfluence_jax.runs import RunSet
 from simfluence_jax.sampling import sample_curricula
 

@@ -9,7 +9,7 @@ import pytest
 import simfluence_jax as sj
 from simfluence_jax import attribution as at
 from simfluence_jax import counterfactuals as cf
-from simfluence_jax.rollout import UnseenExampleWarning, rollout_weighted
+from simfluence_jax.rollouts import UnseenExampleWarning, rollout_weighted
 from simfluence_jax.synthetic import make_problem
 
 TOL = dict(rtol=1e-5, atol=2e-6)

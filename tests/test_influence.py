@@ -13,7 +13,7 @@ from simfluence_jax.gradients import (
     mean_loss_hvp,
     model_loss,
     restrict,
-    solve_cg,
+    solve_damped_cg,
     solve_lissa,
 )
 from simfluence_jax.gradients.per_example import merge_params
@@ -91,13 +91,13 @@ def test_exact_and_cg_match_the_explicit_inverse(setup):
 def test_cg_solver_alone(setup):
     s = setup
     matvec = lambda v: jnp.asarray(s["H"], jnp.float32) @ v
-    x, (k, res, neg) = jax.jit(lambda b: solve_cg(matvec, b, damping=DAMPING, tol=1e-7))(
+    x, (k, res, neg) = jax.jit(lambda b: solve_damped_cg(matvec, b, damping=DAMPING, tol=1e-7))(
         jnp.asarray(s["G_test"], jnp.float32)
     )
     assert rel(x, s["X"]) < 1e-4 and not bool(neg)
     # A zero right-hand side is solved by x = 0 without iterating on it.
     b = jnp.asarray(s["G_test"], jnp.float32).at[1].set(0.0)
-    x, _ = solve_cg(matvec, b, damping=DAMPING)
+    x, _ = solve_damped_cg(matvec, b, damping=DAMPING)
     assert np.all(np.asarray(x[1]) == 0)
 
 

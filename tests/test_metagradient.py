@@ -185,7 +185,7 @@ def _runset(f, *, seeds=True, rates=None):
 
 
 def test_simulator_predicts_slot_removals_to_first_order_and_only_those(tmp_path):
-    from simfluence_jax.rollout import simulate
+    from simfluence_jax.rollouts import simulate
     from simfluence_jax.simulators.io import load_simulator, save_simulator
 
     f = factory("sgd", "full")

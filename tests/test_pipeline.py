@@ -35,7 +35,7 @@ def _store_files(out: Path) -> dict[str, tuple[int, int, int]]:
 @pytest.mark.slow
 # Tiny runs (5 fitting runs of 32 of the 150 pool examples) leave some pool ids unseen, and
 # the counterfactual simulates a held-out curriculum that uses some: the warning is right.
-@pytest.mark.filterwarnings("ignore::simfluence_jax.rollout.UnseenExampleWarning")
+@pytest.mark.filterwarnings("ignore::simfluence_jax.rollouts.UnseenExampleWarning")
 def test_cli_run_end_to_end(tmp_path, capsys):
     out = tmp_path / "report"
     rc = cli.main(["run", "--gin_file", str(GIN), f"--gin.Experiment.output_dir='{out}'",

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from simfluence_jax.attribution.deltas import BATCH_LOSSES
-from simfluence_jax.rollout import (
+from simfluence_jax.rollouts import (
     DivergenceWarning,
     UnseenExampleWarning,
     check_finite,

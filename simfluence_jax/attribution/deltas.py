@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simfluence_jax.rollout import (
+from simfluence_jax.rollouts import (
     lr_scales,
     rollout_weighted,
 )

@@ -66,7 +66,7 @@ def cmd_simulate(args) -> np.ndarray:
     run's ``L_0``. Returns ``float32[2, T+1, M]``, the given and the edited trajectories (the
     shorter curriculum padded with empty steps), also written as CSV with ``--out``."""
     from simfluence_jax import counterfactuals as cf
-    from simfluence_jax.rollout import simulate
+    from simfluence_jax.rollouts import simulate
 
     sims = load_sims(args.simulators)
     if args.name not in sims:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from simfluence_jax import metrics
-from simfluence_jax.rollout import rollout
+from simfluence_jax.rollouts import rollout
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.linear import LinearSimulator
 from simfluence_jax.solvers.checks import check_l2s, check_momenta

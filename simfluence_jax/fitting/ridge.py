@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from simfluence_jax.fitting.choice import l2_grid, momentum_grid, path_mse
-from simfluence_jax.rollout import teacher_forced
+from simfluence_jax.rollouts import teacher_forced
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.linear import LinearSimulator
 from simfluence_jax.solvers import RidgeProblem, solve_ridge_grid, solve_ridge_path

@@ -49,7 +49,7 @@ import numpy as np
 
 from simfluence_jax.fitting import CALIBRATED_SUFFIX, GRADIENT_BASELINES
 from simfluence_jax.gradients.tracin import nearest_checkpoint, tracin_cp
-from simfluence_jax.rollout import rollout
+from simfluence_jax.rollouts import rollout
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.segmented import SegmentedSimulator
 

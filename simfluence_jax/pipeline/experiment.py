@@ -127,7 +127,7 @@ def counterfactual_vs_reality(setup, cf_cfg: CounterfactualConfig, sims, heldout
     held-out curriculum, simulates it, and retrains it for real."""
     from simfluence_jax.pipeline.generate import retrain
     from simfluence_jax.reports import Counterfactual
-    from simfluence_jax.rollout import simulate
+    from simfluence_jax.rollouts import simulate
 
     sim = sims[cf_cfg.simulator]
     r = cf_cfg.heldout_run

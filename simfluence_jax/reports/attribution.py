@@ -32,7 +32,7 @@ import numpy as np
 
 from simfluence_jax import attribution
 from simfluence_jax.reports.scoring import Row, rankable
-from simfluence_jax.rollout import UnseenExampleWarning
+from simfluence_jax.rollouts import UnseenExampleWarning
 from simfluence_jax.runs import RunSet
 
 #: Training examples listed per direction and test example.

@@ -17,7 +17,7 @@ import numpy as np
 
 from simfluence_jax import evaluation, metrics
 from simfluence_jax.metrics import METRICS
-from simfluence_jax.rollout import DIVERGENCE_FACTOR, diverged
+from simfluence_jax.rollouts import DIVERGENCE_FACTOR, diverged
 from simfluence_jax.runs import RunSet
 
 #: The group of a simulator the caller gave no group for.

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simfluence_jax.rollout import rollout
+from simfluence_jax.rollouts import rollout
 
 
 def restrict(sim, targets) -> object:

@@ -19,6 +19,7 @@ mu by mu (``solve_ridge_path``). ``checks`` holds the checks of the l2 and mu va
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from functools import partial
 
@@ -99,7 +100,7 @@ def solve_ridge(
     if name == "direct":
         extra = tuple(map(jnp.asarray, occurrences(problem.ids, problem.num_train)))
     out = map_over_test(
-        partial(_call, fn, kw, len(per_test) == 3, bool(kernel), len(extra)),
+        partial(_solve_shard, fn, kw, _Layout(len(per_test) == 3, bool(kernel), len(extra))),
         per_test,
         shared=(ids, l2_arr, *kernel, *extra),
         test_axis_out=1,
@@ -236,14 +237,27 @@ def _theta(problem: RidgeProblem, A, B):
     return jnp.concatenate(parts, axis=-1)
 
 
-def _call(fn, kw, has_x0, has_kernel, n_extra, Lp, y, *rest):
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """What follows ``Lp, y`` (and CG's start ``x0`` when ``x0``) in the arguments
+    ``map_over_test`` passes: ``ids, l2s``, the kernel's ``F, scales`` when ``kernel``, and
+    ``occurrences`` arrays (the direct solver's occurrence lists)."""
+
+    x0: bool
+    kernel: bool
+    occurrences: int
+
+
+def _solve_shard(fn, kw, layout: _Layout, Lp, y, *rest):
+    """Calls solver ``fn`` on one shard of test examples with the arguments of ``layout``."""
     x0 = None
-    if has_x0:
+    if layout.x0:
         x0, *rest = rest
         x0 = x0 if x0.ndim == 2 else jnp.moveaxis(x0, 0, 1)
     ids, l2s, *rest = rest
-    kernel = tuple(rest[:2]) if has_kernel else None
-    extra = {"occ": tuple(rest[len(rest) - n_extra :])} if n_extra else {}
+    kernel = tuple(rest[:2]) if layout.kernel else None
+    n = layout.occurrences
+    extra = {"occ": tuple(rest[len(rest) - n :])} if n else {}
     if x0 is not None:
         return fn(ids, Lp, y, l2s, kernel, x0, **kw)
     return fn(ids, Lp, y, l2s, kernel, **extra, **kw)

@@ -17,7 +17,7 @@ subclass (its ``solver`` name and its own fields), an ``inverse_hvp`` and
 """
 
 from simfluence_jax.gradients.ihvp.base import InverseHVP, SolveInfo, Solver, SolverConfig
-from simfluence_jax.gradients.ihvp.cg import CGConfig, solve_cg
+from simfluence_jax.gradients.ihvp.cg import CGConfig, solve_damped_cg
 from simfluence_jax.gradients.ihvp.exact import ExactConfig, solve_exact
 from simfluence_jax.gradients.ihvp.hvp import Matvec, explicit_matrix, mean_loss_hvp
 from simfluence_jax.gradients.ihvp.lanczos import LanczosConfig, solve_lowrank
@@ -47,7 +47,7 @@ __all__ = [
     "explicit_matrix",
     "lissa_stochastic",
     "mean_loss_hvp",
-    "solve_cg",
+    "solve_damped_cg",
     "solve_exact",
     "solve_lissa",
     "solve_lowrank",

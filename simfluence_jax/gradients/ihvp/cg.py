@@ -47,7 +47,7 @@ class CGConfig(SolverConfig):
             )
 
 
-def solve_cg(
+def solve_damped_cg(
     matvec: Matvec,
     b: jax.Array,
     *,
@@ -104,10 +104,10 @@ def solve_cg(
 
 @hessian_solver
 def inverse_hvp(h: Hessian, rhs: jax.Array, config: CGConfig) -> tuple[jax.Array, SolveInfo]:
-    """``(X float32[M, P], SolveInfo)`` by :func:`solve_cg` on the model's HVPs."""
+    """``(X float32[M, P], SolveInfo)`` by :func:`solve_damped_cg` on the model's HVPs."""
 
     def cg(th, fr, x, b):
-        return solve_cg(
+        return solve_damped_cg(
             h.hvp(th, fr, x), b, damping=config.damping, tol=config.tol, max_iter=config.max_iter
         )
 
