@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from simfluence_jax.io import atomic_write, git_revision
+from simfluence_jax.fileio import atomic_write, git_revision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -57,7 +57,7 @@ def chosen(names: str | None, known: Iterable[str], what: str) -> list[str] | No
 def write_outputs(out: Path, files: Mapping[str, Any]) -> None:
     """Writes every ``name: content`` of ``files`` into folder ``out``, each atomically: text
     as it is, anything else as strict JSON (``reports.render.json_text``)."""
-    from simfluence_jax.io import atomic_write
+    from simfluence_jax.fileio import atomic_write
     from simfluence_jax.reports.render import json_text
 
     for name, content in files.items():

@@ -269,9 +269,9 @@ def run(exp, cfg, fit_cfg, out: Path) -> Path:
     import simfluence_jax as sj
     from simfluence_jax import attribution, lds
     from simfluence_jax import counterfactuals as cf
+    from simfluence_jax.fileio import atomic_write
     from simfluence_jax.gradients.context import PrecomputedGradients
     from simfluence_jax.gradients.metagradient import Replay
-    from simfluence_jax.io import atomic_write
     from simfluence_jax.pipeline import study
     from simfluence_jax.pipeline.experiment import fit_simulators, gradient_context
     from simfluence_jax.pipeline.generate import prepare, store_name

@@ -311,7 +311,7 @@ class Retrainer:
         """
         import io as _io
 
-        from simfluence_jax.io import atomic_write, make_dirs
+        from simfluence_jax.fileio import atomic_write, make_dirs
         from simfluence_jax.locks import StoreBusyError
         from simfluence_jax.pipeline.generate import retrain
 

@@ -103,7 +103,7 @@ def measure(
 ) -> tuple[list[dict], dict]:
     """The impulse responses of ``num_slots`` slots of every run of one setting (cached),
     and its run metadata."""
-    from simfluence_jax.io import atomic_write, make_dirs
+    from simfluence_jax.fileio import atomic_write, make_dirs
 
     folder = make_dirs(out / "responses")
     files = [folder / f"{name}-{_key(cfg, study, num_slots)}-run{r}.npz" for r in range(study.runs)]

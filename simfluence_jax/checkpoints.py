@@ -15,10 +15,10 @@ of ``ml_dtypes`` that JAX uses (``bfloat16``, float8, int4), which ``.npz`` cann
 their bits are stored as unsigned integers of the same width and the dtype name says how to
 read them back. Nothing is pickled, and files are read with ``allow_pickle=False``.
 
-:func:`save` builds the file in memory (:func:`simfluence_jax.io.npz_bytes`; fine for the
+:func:`save` builds the file in memory (:func:`simfluence_jax.fileio.npz_bytes`; fine for the
 parameter sizes here, about twice the tree's size at the peak), writes it under a temporary
 name, reads it back from disk and compares it bit for bit with the tree it was given, and
-only then renames it into place (:func:`simfluence_jax.io.atomic_write`). Every process
+only then renames it into place (:func:`simfluence_jax.fileio.atomic_write`). Every process
 writes the files it saves, so each process of a ``jax.distributed`` job keeps its own
 checkpoints with no barrier and no help from the other processes.
 
@@ -46,7 +46,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 
 FORMAT_NAME = "simfluence_jax.checkpoint"
 FORMAT_VERSION = 1
@@ -211,7 +211,7 @@ def _decode(arrays: dict[str, np.ndarray]):
 
 def _read_npz(path: Path):
     try:
-        arrays = sio.read_npz(path, what="checkpoint")
+        arrays = fileio.read_npz(path, what="checkpoint")
     except ValueError as err:
         raise _Unreadable(_phrase(err, path)) from None
     return _decode(arrays)
@@ -362,12 +362,12 @@ def save(path: str | os.PathLike, tree) -> None:
       ValueError: if ``tree`` holds something the format cannot (see the module docstring), or
         the file does not read back as ``tree`` (nothing is left under ``path`` then).
       OSError: from the file system (the caller names it; see
-        ``simfluence_jax.io.storage_errno``).
+        ``simfluence_jax.fileio.storage_errno``).
     """
     path = Path(path)
     if path.suffix != SUFFIX:
         raise ValueError(f"{path}: a checkpoint file name must end in {SUFFIX}")
-    data = sio.npz_bytes(_encode(tree))
+    data = fileio.npz_bytes(_encode(tree))
 
     def read_back(tmp: Path) -> None:
         try:
@@ -377,8 +377,8 @@ def save(path: str | os.PathLike, tree) -> None:
         if differs:
             raise ValueError(f"{path}: the checkpoint did not read back as the tree saved")
 
-    sio.make_dirs(path.parent)
-    sio.atomic_write(path, data, check=read_back)
+    fileio.make_dirs(path.parent)
+    fileio.atomic_write(path, data, check=read_back)
 
 
 def restore(path: str | os.PathLike, *, keys: set[str] | None = None):
@@ -404,7 +404,7 @@ def discard(path: str | os.PathLike) -> None:
     """Removes a file or folder by renaming it aside first (never half-deleted under its
     name)."""
     path = Path(path)
-    aside = sio.temp_sibling(path, "del")
+    aside = fileio.temp_sibling(path, "del")
     os.rename(path, aside)
     if aside.is_dir() and not aside.is_symlink():
         shutil.rmtree(aside, ignore_errors=True)

@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 
 
 class StoreBusyError(ValueError):
@@ -79,12 +79,12 @@ class FileLock:
                 item = json.loads(line)
                 if isinstance(item, dict):
                     out.append(item)
-        host = sio.hostname()
+        host = fileio.hostname()
 
         def live(h: dict) -> bool:
             if h.get("host") != host or not isinstance(h.get("pid"), int):
                 return True  # another machine's process: cannot tell
-            return h["pid"] != os.getpid() and sio.process_alive(h["pid"])
+            return h["pid"] != os.getpid() and fileio.process_alive(h["pid"])
 
         return [h for h in out if live(h)] or out
 
@@ -95,7 +95,7 @@ class FileLock:
 
     def _line(self, mode: str) -> bytes:
         since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        info = {"pid": os.getpid(), "host": sio.hostname(), "mode": mode, "since": since}
+        info = {"pid": os.getpid(), "host": fileio.hostname(), "mode": mode, "since": since}
         if self.doing:
             info["doing"] = self.doing
         return (json.dumps(info) + "\n").encode()

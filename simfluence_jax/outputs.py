@@ -15,7 +15,7 @@ Every command that writes a folder (``simfluence run``, ``generate``, ``fit``, `
   holds someone else's files and is refused, nothing touched. A folder we *replace*
   (``kind="runset"``, ``simfluence import``) is replaced only with ``overwrite=True`` and
   only if every entry in it is a file of a run set we saved (``meta.json`` of our format and
-  its arrays); the replacement itself is atomic (:func:`simfluence_jax.io.replace_directory`).
+  its arrays); the replacement itself is atomic (:func:`simfluence_jax.fileio.replace_directory`).
   A ``RunLogger`` folder (its logs are the only copy of the runs) is never replaced.
 
 This module is part of the core: it imports only the standard library and NumPy.
@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.locks import FileLock
 from simfluence_jax.runs import FORMAT_NAME as _RUNSET_FORMAT
 
@@ -87,7 +87,7 @@ def _foreign_runset_entries(path: Path, entries: list[str]) -> list[str]:
     if not isinstance(meta, dict) or meta.get("format") != _RUNSET_FORMAT:
         return entries
     ours = {"meta.json", MARKER, meta.get("arrays_file", "arrays.npz")}
-    return [e for e in entries if e not in ours and not sio.is_temporary(e)]
+    return [e for e in entries if e not in ours and not fileio.is_temporary(e)]
 
 
 def check_ownership(path: str | os.PathLike, *, kind: str, overwrite: bool = False) -> None:
@@ -127,7 +127,7 @@ def _mark(path: Path, command: str) -> None:
     if (path / MARKER).exists():
         return
     since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    sio.atomic_json(path / MARKER, {"format": MARKER_FORMAT, "command": command, "since": since})
+    fileio.atomic_json(path / MARKER, {"format": MARKER_FORMAT, "command": command, "since": since})
 
 
 @contextlib.contextmanager
@@ -163,13 +163,13 @@ def claim(
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}; known: {list(KINDS)}")
     out = resolve(path)
-    sio.make_dirs(out.parent)
+    fileio.make_dirs(out.parent)
     lock = FileLock(lock_file(out), what=f"the output folder {out}", doing=command)
     lock.acquire(wait=wait, shared=shared)
     try:
         check_ownership(out, kind=kind, overwrite=overwrite)
         if kind == "folder":
-            sio.make_dirs(out)
+            fileio.make_dirs(out)
             _mark(out, command)
         yield out
     finally:

@@ -13,7 +13,7 @@ evaluated on M test examples (docs/design.md, section 2):
 Run sets are saved as a directory holding ``arrays.npz`` (plain numeric and unicode arrays,
 read with ``allow_pickle=False``) and ``meta.json`` (format version, ids, free metadata, the
 arrays file's name and SHA-256), written to a temporary directory first and swapped into
-place (:func:`simfluence_jax.io.replace_directory`), so a crash never leaves a half-written
+place (:func:`simfluence_jax.fileio.replace_directory`), so a crash never leaves a half-written
 run set under the final name and a reader finds the old or the new one. Loading checks both
 files (format, version, JSON types, array dtypes and shapes, and that the arrays are the ones
 ``meta.json`` was written with) and names the file at fault.
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 
 FORMAT_NAME = "simfluence_jax.RunSet"
 #: Metadata keys holding one entry per run; ``select`` and ``concatenate`` keep them aligned.
@@ -320,12 +320,12 @@ class RunSet:
         save are removed.
         """
         path = Path(path)
-        if sio.resolve_directory(path).exists() and not overwrite:
+        if fileio.resolve_directory(path).exists() and not overwrite:
             raise ValueError(f"{path} already exists; pass overwrite=True to replace it")
         arrays, meta = self.encode()
-        files = {ARRAYS_FILE: arrays, "meta.json": sio.json_bytes(meta)}
-        with sio.replace_directory(path) as tmp:
-            sio.write_files(tmp, files)
+        files = {ARRAYS_FILE: arrays, "meta.json": fileio.json_bytes(meta)}
+        with fileio.replace_directory(path) as tmp:
+            fileio.write_files(tmp, files)
         return path
 
     def encode(self, arrays_file: str = ARRAYS_FILE) -> tuple[bytes, dict]:
@@ -343,7 +343,7 @@ class RunSet:
             arrays[key] = getattr(self, key)
         if self.learning_rates is not None:
             arrays["learning_rates"] = self.learning_rates
-        data = sio.npz_bytes(arrays)
+        data = fileio.npz_bytes(arrays)
         meta = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -364,15 +364,17 @@ class RunSet:
             ``arrays.npz`` truncated, garbled, holding object arrays, missing arrays or
             arrays of the wrong dtype or shape, or contents that fail ``RunSet``'s checks.
         """
-        path = sio.resolve_directory(path)
+        path = fileio.resolve_directory(path)
         meta_file = path / "meta.json"
         if not path.is_dir():
             raise ValueError(f"no run set at {path}: not a directory")
         if not os.access(path, os.R_OK | os.X_OK):
             raise ValueError(f"permission denied reading the run set folder {path}")
-        meta = sio.read_json(meta_file, what="run set metadata")
-        sio.check_format(meta_file, meta, name=FORMAT_NAME, version=FORMAT_VERSION, what="run set")
-        sio.check_keys(
+        meta = fileio.read_json(meta_file, what="run set metadata")
+        fileio.check_format(
+            meta_file, meta, name=FORMAT_NAME, version=FORMAT_VERSION, what="run set"
+        )
+        fileio.check_keys(
             meta_file, meta, required=["num_train"],
             types={"num_train": int, "metadata": dict, "arrays_file": str, "arrays_sha256": str},
             what="run set metadata",
@@ -381,20 +383,20 @@ class RunSet:
         if not _ARRAYS_NAME.match(name):
             raise ValueError(f"{meta_file}: bad arrays file name {name!r}; the file is damaged")
         arrays_file = path / name
-        arrays = sio.read_npz(
+        arrays = fileio.read_npz(
             arrays_file,
             {
-                "batches": sio.ArraySpec("iu", ("R", "T", "B")),
-                "losses": sio.ArraySpec("f", ("R", None, "M")),
-                "train_ids": sio.ArraySpec("iuU", ("N",)),
-                "test_ids": sio.ArraySpec("iuU", ("M",)),
-                "learning_rates": sio.ArraySpec("iuf", ("R", "T"), optional=True),
+                "batches": fileio.ArraySpec("iu", ("R", "T", "B")),
+                "losses": fileio.ArraySpec("f", ("R", None, "M")),
+                "train_ids": fileio.ArraySpec("iuU", ("N",)),
+                "test_ids": fileio.ArraySpec("iuU", ("M",)),
+                "learning_rates": fileio.ArraySpec("iuf", ("R", "T"), optional=True),
             },
             {"N": meta["num_train"]},
             what="run set arrays file",
         )
         if "arrays_sha256" in meta:
-            data = sio.read_bytes(arrays_file, what="run set arrays file")
+            data = fileio.read_bytes(arrays_file, what="run set arrays file")
             if hashlib.sha256(data).hexdigest() != meta["arrays_sha256"]:
                 raise ValueError(
                     f"{arrays_file} does not match {meta_file} (their SHA-256 differ): the two "

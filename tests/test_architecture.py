@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: The core: what a user with only logged runs installs, fits and simulates with.
 CORE = (
-    "runs", "io", "registry", "sampling", "synthetic", "simulators", "solvers", "rollouts",
+    "runs", "fileio", "registry", "sampling", "synthetic", "simulators", "solvers", "rollouts",
     "fitting", "filter_fit", "evaluation", "metrics", "counterfactuals", "sharding", "lds",
     "importers", "logger", "attribution", "impulse_shape",
 )  # fmt: skip

@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 from run_factory_worker import NUM_STEPS, NUM_TEST, NUM_TRAIN, toy_factory, toy_plan
 
-from simfluence_jax import cli
+from simfluence_jax import cli, fileio
 from simfluence_jax import counterfactuals as cf
-from simfluence_jax import io as sio
 from simfluence_jax.cli import entry as cli_entry
 from simfluence_jax.locks import FileLock, StoreBusyError
 from simfluence_jax.runs import RunSet
@@ -115,7 +114,7 @@ def test_a_second_writer_stops_at_once_naming_the_first(tmp_path, reference):
         assert second.returncode == 3, second.stderr[-2000:]
         message = second.stderr.strip().splitlines()[-1]
         assert "is being written by another process" in message
-        assert f"pid {first.pid} on host {sio.hostname()}" in message
+        assert f"pid {first.pid} on host {fileio.hostname()}" in message
         assert "Traceback" not in second.stderr
     finally:
         (sync / "go").write_text("")
@@ -656,7 +655,7 @@ def test_checkpoint_storage_failure_is_wrapped_without_tmpfs(tmp_path, factory, 
 _SAVER = """
 import sys
 import numpy as np
-import simfluence_jax.io.files as files
+import simfluence_jax.fileio.files as files
 from simfluence_jax.simulators.io import save_simulator
 from simfluence_jax.simulators.linear import LinearSimulator
 
@@ -729,7 +728,7 @@ def test_saved_files_and_folders_follow_the_umask(tmp_path, originals):
         runs = RunSet.load(originals / "runset")
         path = runs.save(tmp_path / "runset")
         sim = save_simulator(load_simulator(originals / "sim"), tmp_path / "sim")
-        sio.atomic_write(tmp_path / "file.txt", "x")
+        fileio.atomic_write(tmp_path / "file.txt", "x")
     finally:
         os.umask(old)
     for folder in (path, sim):
@@ -743,8 +742,8 @@ def test_temporaries_of_a_killed_merge_are_removed_by_the_next_save(tmp_path, or
     runs = RunSet.load(originals / "runset")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    stale = tmp_path / f".runset.new.{dead}@{sio.hostname()}~0badc0de"
-    live = tmp_path / f".runset.new.{os.getpid()}@{sio.hostname()}~0badc0de"
+    stale = tmp_path / f".runset.new.{dead}@{fileio.hostname()}~0badc0de"
+    live = tmp_path / f".runset.new.{os.getpid()}@{fileio.hostname()}~0badc0de"
     other_host = tmp_path / f".runset.new.{dead}@elsewhere~0badc0de"
     for p in (stale, live, other_host):
         p.mkdir()
@@ -754,7 +753,7 @@ def test_temporaries_of_a_killed_merge_are_removed_by_the_next_save(tmp_path, or
 
 
 def test_git_revision_has_one_type():
-    rev = sio.git_revision()
+    rev = fileio.git_revision()
     assert isinstance(rev, str) and rev
-    assert sio.git_revision("/") == "unknown"
-    assert sio.split_revision("abc+dirty") == ("abc", True)
+    assert fileio.git_revision("/") == "unknown"
+    assert fileio.split_revision("abc+dirty") == ("abc", True)

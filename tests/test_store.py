@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from run_factory_worker import NUM_STEPS, NUM_TEST, NUM_TRAIN, toy_factory, toy_plan
 
-from simfluence_jax.io import files as sio_files
+from simfluence_jax.fileio import files as sio_files
 from simfluence_jax.store import (
     StoreWriteError,
     checkpoint_steps,

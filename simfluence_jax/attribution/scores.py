@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from simfluence_jax import io
+from simfluence_jax import fileio
 
 SIGN_CONVENTION = (
     "score = simulated change of the test example's loss when every occurrence of the "
@@ -97,15 +97,15 @@ def save_scores(
     meta = {"format": SCORES_FORMAT, "version": SCORES_VERSION, "details": dict(details or {})}
     arrays = {
         "scores": S, "train_ids": train, "test_ids": test,
-        "meta": np.asarray(io.json_bytes(meta).decode("utf-8")),
+        "meta": np.asarray(fileio.json_bytes(meta).decode("utf-8")),
     }  # fmt: skip
     if texts is not None:
         arrays["train_texts"] = _names(np.asarray(list(texts), dtype=str), N, "texts")
     base = _base_path(path)
-    io.make_dirs(base.parent)
+    fileio.make_dirs(base.parent)
     npz, csv_path = base.with_suffix(".npz"), base.with_suffix(".csv")
-    io.atomic_npz(npz, arrays)
-    io.atomic_write(csv_path, _csv_text(S, train, test, meta["details"]))
+    fileio.atomic_npz(npz, arrays)
+    fileio.atomic_write(csv_path, _csv_text(S, train, test, meta["details"]))
     return npz, csv_path
 
 
@@ -129,20 +129,20 @@ def load_scores(path) -> Scores:
     problem if it is missing, damaged or not a score file)."""
     npz = _base_path(path).with_suffix(".npz")
     specs = {
-        "scores": io.ArraySpec(kinds="f", shape=("N", "M")),
-        "train_ids": io.ArraySpec(kinds="iuU", shape=("N",)),
-        "test_ids": io.ArraySpec(kinds="iuU", shape=("M",)),
-        "train_texts": io.ArraySpec(kinds="U", shape=("N",), optional=True),
-        "meta": io.ArraySpec(kinds="U", shape=()),
+        "scores": fileio.ArraySpec(kinds="f", shape=("N", "M")),
+        "train_ids": fileio.ArraySpec(kinds="iuU", shape=("N",)),
+        "test_ids": fileio.ArraySpec(kinds="iuU", shape=("M",)),
+        "train_texts": fileio.ArraySpec(kinds="U", shape=("N",), optional=True),
+        "meta": fileio.ArraySpec(kinds="U", shape=()),
     }
-    arrays = io.read_npz(npz, specs, what="scores file")
+    arrays = fileio.read_npz(npz, specs, what="scores file")
     try:
         meta = json.loads(str(arrays["meta"]))
     except json.JSONDecodeError as err:
         raise ValueError(f"{npz}: the scores file's metadata is not JSON ({err})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{npz}: the scores file's metadata is not a JSON object")
-    io.check_format(npz, meta, name=SCORES_FORMAT, version=SCORES_VERSION, what="scores file")
+    fileio.check_format(npz, meta, name=SCORES_FORMAT, version=SCORES_VERSION, what="scores file")
     return Scores(
         scores=arrays["scores"], train_ids=arrays["train_ids"], test_ids=arrays["test_ids"],
         texts=arrays.get("train_texts"), details=dict(meta.get("details", {})),

@@ -26,7 +26,7 @@ import argparse
 import sys
 import textwrap
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.cli.fit import cmd_evaluate, cmd_fit, cmd_report
 from simfluence_jax.cli.gin_edge import parse_gin
 from simfluence_jax.cli.make import cmd_generate, cmd_import, cmd_run
@@ -200,7 +200,7 @@ def _error_line(err: BaseException) -> str | None:
             return f"permission denied:{name} ({err.strerror})"
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             where = err.filename or "."
-            return f"{err.strerror} writing{name} ({sio.free_space(where)} there)"
+            return f"{err.strerror} writing{name} ({fileio.free_space(where)} there)"
         return f"{err.strerror}:{name}" if name else err.strerror
     return None
 

@@ -8,7 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.cli.common import claim, load_runs, load_sims, read_verdict, split_runs
 from simfluence_jax.cli.gin_edge import configs, operative_config, write_operative_config
 
@@ -52,7 +52,7 @@ def cmd_evaluate(args) -> dict:
     table = evaluate_all(load_sims(args.simulators), heldout)
     print(format_table(table))
     if args.out:
-        sio.atomic_write(args.out, json.dumps(table, indent=1))
+        fileio.atomic_write(args.out, json.dumps(table, indent=1))
     return table
 
 

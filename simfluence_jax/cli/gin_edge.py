@@ -25,7 +25,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.pipeline import config as cfgs
 
 #: The name of the resolved config written next to every output.
@@ -283,7 +283,7 @@ def write_operative_config(folder: str | Path, text: str | None = None) -> Path:
     """Writes ``text`` (default: :func:`operative_config`) as ``folder/operative_config.gin``,
     atomically. Returns the file."""
     path = Path(folder) / OPERATIVE_CONFIG
-    sio.atomic_write(path, operative_config() if text is None else text)
+    fileio.atomic_write(path, operative_config() if text is None else text)
     return path
 
 

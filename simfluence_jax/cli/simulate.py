@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.cli.common import load_runs, load_sims
 
 
@@ -97,7 +97,7 @@ def cmd_simulate(args) -> np.ndarray:
         header = "curriculum,step," + ",".join(f"test_{j}" for j in range(traj.shape[-1]))
         rows = [f"{c},{t}," + ",".join(f"{v:.6g}" for v in traj[c, t])
                 for c in range(2) for t in range(traj.shape[1])]  # fmt: skip
-        sio.atomic_write(args.out, header + "\n" + "\n".join(rows) + "\n")
+        fileio.atomic_write(args.out, header + "\n" + "\n".join(rows) + "\n")
         print(f"trajectories written to {args.out}")
     return traj
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.importers.assemble import RawRun, assemble, check_id_kind, id_list
 from simfluence_jax.importers.checks import (
     Id,
@@ -290,9 +290,9 @@ def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of a folder written by :func:`write_gptfluence`, checked."""
     what = "GPTfluence manifest"
-    meta = sio.read_json(path, what=what)
-    sio.check_format(path, meta, name=MANIFEST_FORMAT, version=MANIFEST_VERSION, what=what)
-    sio.check_keys(
+    meta = fileio.read_json(path, what=what)
+    fileio.check_format(path, meta, name=MANIFEST_FORMAT, version=MANIFEST_VERSION, what=what)
+    fileio.check_keys(
         path, meta, what=what, required=["runs", "train_ids", "test_ids", "batch_size"],
         types={"runs": list, "train_ids": list, "test_ids": list, "batch_size": int,
                "metadata": dict},

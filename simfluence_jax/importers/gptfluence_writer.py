@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.importers.assemble import id_list
 from simfluence_jax.importers.gptfluence import (
     GPTFLUENCE_BATCHES,
@@ -36,7 +36,7 @@ def write_gptfluence(
     included), the ``test_ids`` in order, the batch width B and the metadata.
 
     The folder is written whole into a temporary sibling and swapped in
-    (:func:`simfluence_jax.io.replace_directory`); files follow the umask.
+    (:func:`simfluence_jax.fileio.replace_directory`); files follow the umask.
 
     Args:
       runs: the run set (its ``train_ids`` and ``test_ids`` distinct).
@@ -74,7 +74,7 @@ def write_gptfluence(
         "metadata": runs.metadata,
     }
     steps = range(first_step, first_step + runs.num_steps + 1)
-    with sio.replace_directory(out) as tmp:
+    with fileio.replace_directory(out) as tmp:
         for r, name in enumerate(names):
             lines = []
             for t in range(runs.num_steps):
@@ -95,11 +95,11 @@ def write_gptfluence(
                 for j, tid in enumerate(test_ids)
             ]  # fmt: skip
             os.mkdir(tmp / name)  # 0o777 less the umask
-            sio.write_files(tmp / name, {
+            fileio.write_files(tmp / name, {
                 GPTFLUENCE_BATCHES: "\n".join(lines) + "\n",
                 GPTFLUENCE_LOSSES: "\n".join(trajectories) + "\n",
             })  # fmt: skip
-        sio.write_files(tmp, {GPTFLUENCE_MANIFEST: sio.json_bytes(manifest)})
+        fileio.write_files(tmp, {GPTFLUENCE_MANIFEST: fileio.json_bytes(manifest)})
     return [out / name for name in names]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.importers import common_length
 from simfluence_jax.runs import RunSet
 
@@ -22,7 +22,7 @@ FORMAT_VERSION = 1
 
 
 def atomic_json(path: Path, obj: Any) -> None:
-    sio.atomic_write(path, json.dumps(obj, indent=1).encode())
+    fileio.atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
 def read_steps(path: Path, *, repair: bool) -> list[dict]:
@@ -69,12 +69,12 @@ def check_rate(value, what: str) -> float:
 def load_run(run_dir: Path) -> tuple[np.ndarray, list[list[int]], list | None]:
     """``(losses float32[T+1, M], batches, learning rates or None)`` of a complete run,
     checked against its completion marker."""
-    done = sio.read_json(
+    done = fileio.read_json(
         run_dir / "COMPLETE", what="run completion marker", required=["steps", "sha256"],
         types={"steps": int, "sha256": str},
     )  # fmt: skip
     steps_file = run_dir / "steps.jsonl"
-    if sio.sha256_file(steps_file) != done["sha256"]:
+    if fileio.sha256_file(steps_file) != done["sha256"]:
         raise ValueError(
             f"{steps_file} does not match its completion checksum (modified "
             "or damaged after the run ended)"
@@ -82,7 +82,7 @@ def load_run(run_dir: Path) -> tuple[np.ndarray, list[list[int]], list | None]:
     steps = read_steps(steps_file, repair=False)
     if len(steps) != done["steps"]:
         raise ValueError(f"{steps_file} has {len(steps)} steps, its marker {done['steps']}")
-    start = sio.read_json(run_dir / "start.json", what="run start record", required=["L0"])
+    start = fileio.read_json(run_dir / "start.json", what="run start record", required=["L0"])
     losses = np.asarray([start["L0"]] + [s["losses"] for s in steps], np.float32)
     rates = [s.get("learning_rate") for s in steps]
     return losses, [s["batch"] for s in steps], None if rates[0] is None else rates
@@ -130,19 +130,21 @@ def save_runset(path: Path, runs: RunSet) -> None:
     data, _ = runs.encode()
     name = f"arrays.{hashlib.sha256(data).hexdigest()[:16]}.npz"
     data, meta = runs.encode(name)
-    sio.atomic_write(path / name, data)
-    sio.atomic_write(path / "meta.json", sio.json_bytes(meta))
+    fileio.atomic_write(path / name, data)
+    fileio.atomic_write(path / "meta.json", fileio.json_bytes(meta))
     for old in path.glob("arrays*.npz"):
         if old.name != name:
             old.unlink(missing_ok=True)
-    sio.fsync_dir(path)
+    fileio.fsync_dir(path)
 
 
 def remove_temporaries(folder: Path) -> None:
-    """Removes what interrupted writes left in ``folder``: ``io`` temporaries (``.NAME.new.*``
+    """Removes what interrupted writes left in ``folder``: ``fileio`` temporaries (``.NAME.new.*``
     of ``end_run`` and ``close``) and the ``.runset.*`` folders of earlier versions' close."""
     for entry in folder.iterdir():
-        if sio.is_temporary(entry.name) or (entry.name.startswith(".runset.") and entry.is_dir()):
+        if fileio.is_temporary(entry.name) or (
+            entry.name.startswith(".runset.") and entry.is_dir()
+        ):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.locks import FileLock
 from simfluence_jax.logger.files import (
     FORMAT_NAME,
@@ -87,7 +87,7 @@ class RunLogger:
             raise ValueError(f"train_ids has {len(train_ids)} names but num_train = {num_train}")
         if test_ids is not None and len(test_ids) != num_test:
             raise ValueError(f"test_ids has {len(test_ids)} names but num_test = {num_test}")
-        sio.make_dirs(self.path)
+        fileio.make_dirs(self.path)
         self._lock = FileLock(
             self.path / "LOCK", what=f"the run log {self.path}", doing="logging runs"
         ).acquire(wait=wait)
@@ -105,7 +105,7 @@ class RunLogger:
         """Checks or writes ``logger.json`` and removes temporaries of interrupted writes."""
         info_file = self.path / "logger.json"
         if info_file.exists():
-            info = sio.read_json(info_file, what="run log description")
+            info = fileio.read_json(info_file, what="run log description")
             if info.get("format") != FORMAT_NAME or info.get("version") != FORMAT_VERSION:
                 raise ValueError(
                     f"{self.path} holds format {info.get('format')!r} version "
@@ -192,7 +192,7 @@ class RunLogger:
         start_file, steps_file = run_dir / "start.json", run_dir / "steps.jsonl"
         on_disk: list[dict] = []
         if start_file.exists():
-            start = sio.read_json(start_file, what="run start record", required=["L0"])
+            start = fileio.read_json(start_file, what="run start record", required=["L0"])
             logged = np.asarray(start["L0"], np.float64)
             if not np.allclose(logged, L0, rtol=REPLAY_RTOL, atol=0):
                 raise ValueError(
@@ -325,7 +325,7 @@ class RunLogger:
         run.file.close()
         steps_file = run.dir / "steps.jsonl"
         atomic_json(
-            run.dir / "COMPLETE", {"steps": run.steps, "sha256": sio.sha256_file(steps_file)}
+            run.dir / "COMPLETE", {"steps": run.steps, "sha256": fileio.sha256_file(steps_file)}
         )
         self._run = None
         return run.index

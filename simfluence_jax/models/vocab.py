@@ -19,7 +19,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 
 PAD_ID = 0
 EOS_ID = 1
@@ -99,7 +99,7 @@ def train_sentencepiece(
         minloglevel=2,
         **trainer_settings,
     )
-    sio.atomic_write(target, model.getvalue())
+    fileio.atomic_write(target, model.getvalue())
     return target
 
 

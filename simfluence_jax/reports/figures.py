@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simfluence_jax.io import atomic_write
+from simfluence_jax.fileio import atomic_write
 from simfluence_jax.reports import plots
 from simfluence_jax.reports.counterfactual import Counterfactual
 from simfluence_jax.reports.scoring import Row, is_diverged, is_finite

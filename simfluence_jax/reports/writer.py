@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from simfluence_jax.io import atomic_write, git_revision, make_dirs, split_revision
+from simfluence_jax.fileio import atomic_write, git_revision, make_dirs, split_revision
 from simfluence_jax.reports import attribution, figures, plots, render, scoring
 from simfluence_jax.reports.counterfactual import Counterfactual
 from simfluence_jax.runs import RunSet

@@ -4,7 +4,7 @@ A simulator is a registered dataclass (``simulators.base.simulator_dataclass``):
 fields go into ``arrays.npz`` (read with ``allow_pickle=False``) and its other fields, with
 the class name, a format version and the shape of every array, into ``meta.json``. Only
 classes in ``SIMULATOR_CLASSES`` (declared by their own modules) can be loaded. The folder
-is swapped into place atomically (:func:`simfluence_jax.io.replace_directory`): a reader
+is swapped into place atomically (:func:`simfluence_jax.fileio.replace_directory`): a reader
 finds the old or the new version.
 
 Loading checks everything it reads: the format and version, the JSON types, the arrays
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.registry import Registry
 
 FORMAT_NAME = "simfluence_jax.Simulator"
@@ -62,10 +62,10 @@ def save_simulator(sim, path: str | os.PathLike) -> Path:
         "shapes": {k: list(v.shape) for k, v in arrays.items()},
         "dtypes": {k: v.dtype.str for k, v in arrays.items()},
     }
-    files = {"arrays.npz": sio.npz_bytes(arrays), "meta.json": sio.json_bytes(meta)}
+    files = {"arrays.npz": fileio.npz_bytes(arrays), "meta.json": fileio.json_bytes(meta)}
     path = Path(path)
-    with sio.replace_directory(path) as tmp:
-        sio.write_files(tmp, files)
+    with fileio.replace_directory(path) as tmp:
+        fileio.write_files(tmp, files)
     return path
 
 
@@ -75,15 +75,15 @@ def load_simulator(path: str | os.PathLike):
     Raises:
       ValueError: naming the file and the problem.
     """
-    path = sio.resolve_directory(path)
+    path = fileio.resolve_directory(path)
     meta_file, arrays_file = path / "meta.json", path / "arrays.npz"
     if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
         raise ValueError(f"permission denied reading the saved simulator {path}")
     if not path.is_dir():
         raise ValueError(f"no saved simulator at {path}: not a directory")
-    meta = sio.read_json(meta_file, what="simulator metadata")
-    sio.check_format(meta_file, meta, name=FORMAT_NAME, version=FORMAT_VERSION, what="simulator")
-    sio.check_keys(
+    meta = fileio.read_json(meta_file, what="simulator metadata")
+    fileio.check_format(meta_file, meta, name=FORMAT_NAME, version=FORMAT_VERSION, what="simulator")
+    fileio.check_keys(
         meta_file, meta, required=["class", "fields"],
         types={"class": str, "fields": dict, "shapes": dict, "dtypes": dict},
         what="simulator metadata",
@@ -92,7 +92,7 @@ def load_simulator(path: str | os.PathLike):
         cls = SIMULATOR_CLASSES.get(meta["class"])
     except (KeyError, ValueError) as err:
         raise ValueError(f"{meta_file}: {err}") from None
-    arrays = sio.read_npz(arrays_file, what="simulator arrays file")
+    arrays = fileio.read_npz(arrays_file, what="simulator arrays file")
     _check_simulator(meta_file, arrays_file, cls, meta, arrays)
     try:
         return cls(**arrays, **meta["fields"])
@@ -134,8 +134,8 @@ def _check_simulator(meta_file: Path, arrays_file: Path, cls, meta: dict, arrays
                 f"records {dtypes[name]}; the files are damaged"
             )
         kinds, shape = table.get(name, ("fiub", None))
-        specs[name] = sio.ArraySpec(kinds, shape, finite=name in table)
-    sio.check_arrays(arrays_file, arrays, specs, what="simulator arrays file")
+        specs[name] = fileio.ArraySpec(kinds, shape, finite=name in table)
+    fileio.check_arrays(arrays_file, arrays, specs, what="simulator arrays file")
     check_saved = getattr(cls, "check_saved", None)
     if check_saved is not None:
         check_saved(arrays, arrays_file)

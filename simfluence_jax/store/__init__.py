@@ -8,7 +8,7 @@ Modules: :mod:`.layout` (the files and their names), :mod:`.reader` (:class:`Run
 Guarantees:
 
 * **Atomic small files.** Every JSON/npz file is written through
-  :func:`simfluence_jax.io.atomic_write` (temporary name, fsync, ``os.replace``); a reader
+  :func:`simfluence_jax.fileio.atomic_write` (temporary name, fsync, ``os.replace``); a reader
   sees the old file or the new.
 * **Ordering.** Loss rows are written into the memory map and flushed *before*
   ``progress.json`` names them, and ``COMPLETE`` is written after every row and every

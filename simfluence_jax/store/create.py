@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.locks import FileLock, StoreBusyError
 from simfluence_jax.store.errors import storage_guard
 from simfluence_jax.store.layout import FORMAT_NAME, FORMAT_VERSION
@@ -82,13 +82,13 @@ def create_store(
     plan = _plan_arrays(batches, seeds, train_ids, test_ids, num_train, num_test)
     metadata = dict(metadata or {})
     try:
-        sio.json_bytes(metadata)
+        fileio.json_bytes(metadata)
     except ValueError as err:
         raise ValueError(f"store metadata must be JSON-serialisable: {err}") from None
     deadline = time.monotonic() + CREATE_WAIT
     while not (path / "store.json").exists():
         with storage_guard(path, "the run store folder", resume=False):
-            sio.make_dirs(path)
+            fileio.make_dirs(path)
         lock = FileLock(path / "LOCK", what=f"the run store {path}", doing="creating the store")
         try:
             with storage_guard(path / "LOCK", "the lock file", resume=False):
@@ -132,7 +132,7 @@ def _write_new_store(path, plan, metadata, fingerprint, num_train, num_test) -> 
         "fingerprint": fingerprint,
     }
     with storage_guard(path, "the run store", resume=False):
-        sio.remove_stale(path)
-        sio.make_dirs(path / "runs")
-        sio.atomic_npz(path / "plan.npz", plan)
-        sio.atomic_json(path / "store.json", info)  # last: the store exists once this does
+        fileio.remove_stale(path)
+        fileio.make_dirs(path / "runs")
+        fileio.atomic_npz(path / "plan.npz", plan)
+        fileio.atomic_json(path / "store.json", info)  # last: the store exists once this does

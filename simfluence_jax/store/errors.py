@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 
 
 class StoreWriteError(OSError):
@@ -22,18 +22,18 @@ def write_error(err: BaseException, path: Path, what: str, *, resume: bool = Tru
     """A :class:`StoreWriteError` for a storage failure behind ``err``, else ``None``."""
     if isinstance(err, StoreWriteError):
         return err
-    code = sio.storage_errno(err)
+    code = fileio.storage_errno(err)
     if code is None and not isinstance(err, OSError):
         return None
     tail = (
-        f"Runs already complete are intact; {sio.storage_advice(code)} and rerun to resume"
+        f"Runs already complete are intact; {fileio.storage_advice(code)} and rerun to resume"
         if resume
-        else f"{sio.storage_advice(code).capitalize()} and retry"
+        else f"{fileio.storage_advice(code).capitalize()} and retry"
     )
     return StoreWriteError(
         code or getattr(err, "errno", None) or 0,
-        f"could not write {what} ({path}): {sio.storage_reason(code, err)}; "
-        f"{sio.free_space(path)} there. {tail}",
+        f"could not write {what} ({path}): {fileio.storage_reason(code, err)}; "
+        f"{fileio.free_space(path)} there. {tail}",
     )
 
 

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from simfluence_jax import checkpoints as ckpt
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 
 FORMAT_NAME = "simfluence_jax.RunStore"
 FORMAT_VERSION = 1
@@ -39,10 +39,10 @@ INFO_TYPES = {
     "fingerprint": str,
 }
 PLAN_SPECS = {
-    "batches": sio.ArraySpec("iu", ("R", "T", "B")),
-    "seeds": sio.ArraySpec("iu", ("R",)),
-    "train_ids": sio.ArraySpec("iuU", ("N",)),
-    "test_ids": sio.ArraySpec("iuU", ("M",)),
+    "batches": fileio.ArraySpec("iu", ("R", "T", "B")),
+    "seeds": fileio.ArraySpec("iu", ("R",)),
+    "train_ids": fileio.ArraySpec("iuU", ("N",)),
+    "test_ids": fileio.ArraySpec("iuU", ("M",)),
 }
 #: A checkpoint's name: ``step_NNNNNN.npz``, or ``step_NNNNNN`` (an orbax folder of an
 #: earlier version; a file of that name is listed too and reported as an unknown format).

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.locks import FileLock
 from simfluence_jax.store.errors import storage_guard
 from simfluence_jax.store.layout import (
@@ -104,7 +104,7 @@ class RunStore:
         path = folder / f"run_{run:06d}.lock"
         lock = FileLock(path, what=f"run {run} of the run store {self.path}", doing=doing)
         with storage_guard(path, "the lock file", resume=False):
-            sio.make_dirs(folder)
+            fileio.make_dirs(folder)
             return lock.acquire(wait=wait)
 
     # Reading -----------------------------------------------------------------------------
@@ -113,7 +113,9 @@ class RunStore:
         progress = self.run_dir(run) / "progress.json"
         if not progress.exists():
             return 0
-        rows = sio.read_json(progress, what="progress file", required=["rows"], types={"rows": int})
+        rows = fileio.read_json(
+            progress, what="progress file", required=["rows"], types={"rows": int}
+        )
         rows = rows["rows"]
         if not 0 <= rows <= self.num_steps + 1:
             raise ValueError(f"{progress}: rows = {rows} is outside 0..{self.num_steps + 1}")
@@ -150,7 +152,7 @@ class RunStore:
         marker = self.run_dir(run) / "COMPLETE"
         if not marker.exists():
             raise ValueError(f"run {run} in {self.path} is not complete")
-        done = sio.read_json(
+        done = fileio.read_json(
             marker,
             what="completion marker",
             required=["rows", "sha256"],
@@ -172,12 +174,12 @@ class RunStore:
         losses_file = run_dir / "losses.npy"
         if not losses_file.exists():
             raise ValueError(f"{losses_file}: the losses of complete run {run} are missing")
-        if sio.sha256_file(losses_file) != done["sha256"]:
+        if fileio.sha256_file(losses_file) != done["sha256"]:
             raise ValueError(
                 f"run {run} in {self.path}: {losses_file} does not match its completion "
                 "checksum (modified or damaged after completion)"
             )
-        losses = sio.read_npy(
+        losses = fileio.read_npy(
             losses_file,
             shape=(self.num_steps + 1, self.num_test),
             dtype=np.float32,
@@ -190,7 +192,7 @@ class RunStore:
     def run_meta(self, run: int) -> dict:
         """The validated ``meta.json`` of a run."""
         path = self.run_dir(run) / "meta.json"
-        meta = sio.read_json(
+        meta = fileio.read_json(
             path,
             what="run metadata",
             types={"seed": int, "git_revision": str, "learning_rates": list, "group_size": int},
@@ -221,9 +223,9 @@ def open_store(path: str | Path) -> RunStore:
         if path.exists() and not os.access(path, os.R_OK | os.X_OK):
             raise ValueError(f"permission denied reading the run store folder {path}")
         raise ValueError(f"no run store at {path}: {info_file} is missing")
-    info = sio.read_json(info_file, what="run store description")
-    sio.check_format(info_file, info, name=FORMAT_NAME, version=FORMAT_VERSION, what="run store")
-    sio.check_keys(
+    info = fileio.read_json(info_file, what="run store description")
+    fileio.check_format(info_file, info, name=FORMAT_NAME, version=FORMAT_VERSION, what="run store")
+    fileio.check_keys(
         info_file, info, required=list(INFO_TYPES), types=INFO_TYPES, what="store description"
     )
     sizes = {
@@ -233,7 +235,7 @@ def open_store(path: str | Path) -> RunStore:
         "N": info["num_train"],
         "M": info["num_test"],
     }
-    plan = sio.read_npz(path / "plan.npz", PLAN_SPECS, sizes, what="run plan")
+    plan = fileio.read_npz(path / "plan.npz", PLAN_SPECS, sizes, what="run plan")
     batches = plan["batches"]
     if batches.size and (batches.min() < -1 or batches.max() >= sizes["N"]):
         raise ValueError(

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from simfluence_jax import checkpoints as ckpt
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.locks import FileLock
 from simfluence_jax.store.errors import storage_guard
 from simfluence_jax.store.layout import run_checkpoint_path
@@ -61,14 +61,14 @@ class RunWriter:
         rows = self.store.num_steps + 1
         losses_file = self.dir / "losses.npy"
         with self._guard("the run directory"):
-            sio.make_dirs(self.dir)
-            sio.remove_stale(self.dir)
-            sio.remove_stale(self.dir / "checkpoints")
+            fileio.make_dirs(self.dir)
+            fileio.remove_stale(self.dir)
+            fileio.remove_stale(self.dir / "checkpoints")
             if (self.dir / "meta.json").exists():
                 try:
                     self.store.run_meta(self.run)
                     if losses_file.exists():
-                        sio.read_npy(
+                        fileio.read_npy(
                             losses_file,
                             shape=(rows, num_test),
                             dtype=np.float32,
@@ -84,15 +84,15 @@ class RunWriter:
                     )
                     self.reset()
             if not (self.dir / "meta.json").exists():
-                sio.atomic_write(self.dir / "config.txt", config_text)
-                sio.atomic_json(self.dir / "meta.json", meta)
-            tmp = sio.temp_sibling(losses_file)
+                fileio.atomic_write(self.dir / "config.txt", config_text)
+                fileio.atomic_json(self.dir / "meta.json", meta)
+            tmp = fileio.temp_sibling(losses_file)
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, num_test))
             mm[:] = np.nan
             mm.flush()
             del mm
             os.replace(tmp, losses_file)
-            sio.atomic_json(self.dir / "progress.json", {"rows": 0})
+            fileio.atomic_json(self.dir / "progress.json", {"rows": 0})
         return 0
 
     def reset(self) -> None:
@@ -114,7 +114,7 @@ class RunWriter:
             mm[start : start + len(rows)] = rows
             mm.flush()
             del mm
-            sio.atomic_json(self.dir / "progress.json", {"rows": start + len(rows)})
+            fileio.atomic_json(self.dir / "progress.json", {"rows": start + len(rows)})
 
     def save_state(self, step: int, state) -> None:
         """Snapshots a train-state pytree (host arrays) taken after ``step`` updates."""
@@ -122,7 +122,7 @@ class RunWriter:
         arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
         arrays["step"] = np.asarray(step, np.int64)
         with self._guard("the resume snapshot", self.dir / "state.npz"):
-            sio.atomic_npz(self.dir / "state.npz", arrays)
+            fileio.atomic_npz(self.dir / "state.npz", arrays)
 
     def load_state(self, template) -> tuple[int, Any] | None:
         """The latest snapshot as ``(step, state)`` shaped like ``template``, or ``None``.
@@ -134,9 +134,9 @@ class RunWriter:
         if not path.exists():
             return None
         leaves, treedef = jax.tree_util.tree_flatten(template)
-        specs = {f"leaf_{i:05d}": sio.ArraySpec() for i in range(len(leaves))}
-        specs["step"] = sio.ArraySpec("iu", ())
-        z = sio.read_npz(path, specs, what="resume snapshot")
+        specs = {f"leaf_{i:05d}": fileio.ArraySpec() for i in range(len(leaves))}
+        specs["step"] = fileio.ArraySpec("iu", ())
+        z = fileio.read_npz(path, specs, what="resume snapshot")
         stored = [z[f"leaf_{i:05d}"] for i in range(len(leaves))]
         step = int(z["step"])
         if len(z) != len(leaves) + 1 or any(
@@ -186,7 +186,7 @@ class RunWriter:
         rows = self.store.rows_done(self.run)
         if rows != self.store.num_steps + 1:
             raise ValueError(f"run {self.run} has {rows} of {self.store.num_steps + 1} rows")
-        losses = sio.read_npy(self.dir / "losses.npy", what="losses file")
+        losses = fileio.read_npy(self.dir / "losses.npy", what="losses file")
         if not np.all(np.isfinite(losses)):
             bad = np.argwhere(~np.isfinite(losses))[0]
             raise ValueError(
@@ -199,9 +199,9 @@ class RunWriter:
             if problem is not None:
                 raise ValueError(f"run {self.run} is not complete: checkpoint {path} {problem}")
         with self._guard("the completion marker", self.dir / "COMPLETE"):
-            sio.atomic_json(
+            fileio.atomic_json(
                 self.dir / "COMPLETE",
-                {"rows": rows, "sha256": sio.sha256_file(self.dir / "losses.npy")},
+                {"rows": rows, "sha256": fileio.sha256_file(self.dir / "losses.npy")},
             )
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.dir / "state.npz")

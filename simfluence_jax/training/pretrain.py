@@ -20,7 +20,7 @@ Learning with a Unified Text-to-Text Transformer"):
 The result is saved with orbax under ``<cache>/pretrain/t5-<hash>/`` where the hash covers
 every setting and the corpus text, so the same call returns the cached model at once;
 the folder is written under a temporary name and swapped in when complete
-(``simfluence_jax.io.replace_directory``).
+(``simfluence_jax.fileio.replace_directory``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simfluence_jax import io as sio
+from simfluence_jax import fileio
 from simfluence_jax.training.chunked import train_in_chunks
 from simfluence_jax.training.optim import make_optimizer
 
@@ -261,15 +261,15 @@ def save_pretrained(
     config_dict = dataclasses.asdict(model_config)
     config_dict["dtype"] = jnp.dtype(config_dict["dtype"]).name
     # A half-written folder from a killed run (no COMPLETE) is replaced atomically.
-    with sio.replace_directory(target) as tmp:
+    with fileio.replace_directory(target) as tmp:
         shutil.copyfile(vocab_path, tmp / "vocab.model")
         np.save(tmp / "losses.npy", np.asarray(losses, np.float32))
         settings_text = json.dumps({**settings, "model_config": config_dict}, indent=1)
-        sio.write_files(tmp, {"settings.json": settings_text})
+        fileio.write_files(tmp, {"settings.json": settings_text})
         checkpoints.checkpointer().save(
             (tmp / "params").absolute(), args=checkpoints.save_args(params)
         )
-        sio.write_files(tmp, {"COMPLETE": "ok\n"})
+        fileio.write_files(tmp, {"COMPLETE": "ok\n"})
     return load_pretrained(target)
 
 
@@ -278,11 +278,11 @@ def load_pretrained(directory: str | Path) -> PretrainedT5:
     from simfluence_jax import checkpoints
     from simfluence_jax.models.t5 import T5Config
 
-    directory = sio.resolve_directory(directory)
+    directory = fileio.resolve_directory(directory)
     if not (directory / "COMPLETE").exists():
         raise ValueError(f"{directory} is not a complete pretrained T5 (COMPLETE missing)")
     settings_file = directory / "settings.json"
-    settings = sio.read_json(
+    settings = fileio.read_json(
         settings_file, what="pretraining settings", required=["format", "model_config"],
         types={"model_config": dict},
     )  # fmt: skip
@@ -302,7 +302,9 @@ def load_pretrained(directory: str | Path) -> PretrainedT5:
         config=model_config,
         params=params,
         vocab_path=directory / "vocab.model",
-        losses=sio.read_npy(directory / "losses.npy", dtype=np.float32, what="pretraining losses"),
+        losses=fileio.read_npy(
+            directory / "losses.npy", dtype=np.float32, what="pretraining losses"
+        ),
         settings=settings,
     )
 

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from simfluence_jax.io import git_revision
+from simfluence_jax.fileio import git_revision
 from simfluence_jax.sampling import validate_curricula
 from simfluence_jax.store import RunStore, checkpoint_problem
 from simfluence_jax.training.loop import RunFactory, fill_slots, plan_groups, progress_bar

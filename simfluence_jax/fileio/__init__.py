@@ -27,13 +27,13 @@ hold in one place:
 
 Modules: :mod:`.files` (temporaries, atomic files and folders), :mod:`.reads` (validated
 reads), :mod:`.storage` (what a failed write means), :mod:`.versions` (format versions, the
-git revision); every name is imported here, so ``from simfluence_jax import io as sio`` and
-``sio.atomic_write`` read as one module.
+git revision); every name is imported here, so ``from simfluence_jax import fileio`` and
+``fileio.atomic_write`` read as one module.
 
 This package is part of the core: it imports only the standard library and NumPy.
 """
 
-from simfluence_jax.io.files import (
+from simfluence_jax.fileio.files import (
     atomic_json,
     atomic_npz,
     atomic_write,
@@ -50,7 +50,7 @@ from simfluence_jax.io.files import (
     temp_sibling,
     write_files,
 )
-from simfluence_jax.io.reads import (
+from simfluence_jax.fileio.reads import (
     ArraySpec,
     check_arrays,
     check_keys,
@@ -61,13 +61,13 @@ from simfluence_jax.io.reads import (
     read_text,
     sha256_file,
 )
-from simfluence_jax.io.storage import (
+from simfluence_jax.fileio.storage import (
     free_space,
     storage_advice,
     storage_errno,
     storage_reason,
 )
-from simfluence_jax.io.versions import (
+from simfluence_jax.fileio.versions import (
     check_format,
     git_revision,
     split_revision,

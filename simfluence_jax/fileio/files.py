@@ -1,4 +1,4 @@
-"""Atomic files and folders (see :mod:`simfluence_jax.io`): temporary names, atomic writes of
+"""Atomic files and folders (see :mod:`simfluence_jax.fileio`): temporary names, atomic writes of
 files, atomic replacement of folders, and the removal of temporaries left by dead processes."""
 
 from __future__ import annotations

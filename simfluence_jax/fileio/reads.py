@@ -1,4 +1,4 @@
-"""Validated reads (see :mod:`simfluence_jax.io`): a missing, truncated or garbled file, text
+"""Validated reads (see :mod:`simfluence_jax.fileio`): a missing, truncated or garbled file, text
 that is not UTF-8, a wrong JSON type, missing keys, object arrays (never unpickled) and arrays
 of the wrong dtype or shape are a ``ValueError`` that names the file and the problem."""
 
