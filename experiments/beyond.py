@@ -174,12 +174,12 @@ def make_features(task) -> tuple[np.ndarray, np.ndarray]:
 
 
 # Fitting ---------------------------------------------------------------------------------------
-def fit_simulators(exp: Beyond, fit_cfg, fit, val, features) -> tuple[dict, dict]:
+def fit_with_featurized(exp: Beyond, fit_cfg, fit, val, features) -> tuple[dict, dict]:
     """``(simulators, report groups)``: ``FitConfig.simulators`` through the registry, and
     the featurized simulator of each order."""
-    from simfluence_jax.pipeline.experiment import fit_simulators as fit_registered
+    from simfluence_jax.pipeline.experiment import fit_simulators
 
-    sims = fit_registered(fit_cfg, fit, val)
+    sims = fit_simulators(fit_cfg, fit, val)
     groups = {n: simulator_group(n) for n in sims}
     for order in exp.featurized_orders:
         sim = sj.fit_simulator("featurized", fit, validation=val, features=features,
@@ -285,7 +285,7 @@ def main(argv=None) -> Path:
         # 2-3. Fit.
         t0 = time.perf_counter()
         _log("fitting simulators")
-        sims, groups = fit_simulators(exp, fit_cfg, fit, val, features)
+        sims, groups = fit_with_featurized(exp, fit_cfg, fit, val, features)
         timings["fit_s"] = time.perf_counter() - t0
 
         # 4. Score.
