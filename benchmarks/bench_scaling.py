@@ -212,7 +212,9 @@ def fit_coefficients(rows: list[dict], rates: dict) -> dict:
         X, y = [], []
         for r in fits:
             sz = dict(N=r["N"], S=r["R"] * r["T"], B=B, P=2 * r["N"], O=r["O"])
-            flops, nbytes = cost.work(name, M=r["M"], iterations=r.get("iterations"), **sz)
+            # CG's predicted iterations, not the measured ones: ``auto`` chooses before it
+            # runs, so the model is fitted to what it will see.
+            flops, nbytes = cost.work(name, M=r["M"], **sz)
             X.append([flops / rates["rate"], nbytes / rates["bandwidth"], 1.0])
             y.append(r["seconds"])
         X, y = np.asarray(X), np.asarray(y)

@@ -28,9 +28,9 @@ import numpy as np
 from simfluence_jax.solvers import memory
 
 #: Matrix-product rate (flop/s) and memory bandwidth (byte/s) the coefficients are expressed
-#: against: those measured in the benchmark run (a shared 2-core machine under load,
+#: against: those measured in the benchmark run (a shared 2-core machine,
 #: benchmarks/results/bench_scaling.json).
-RATE, BANDWIDTH = 5.0e10, 2.1e9
+RATE, BANDWIDTH = 1.65e11, 5.2e9
 
 #: CG iterations at l2 = 0.01 grow with the unknowns per batch slot, ``x = P / (S B)`` (an id
 #: that occurs rarely is held mostly by the ridge term): ``iterations = a x^e``, at least
@@ -40,13 +40,17 @@ CG_MIN_ITERATIONS = 5
 
 #: Per solver ``(a, b, c)``: flop and byte multipliers (1 = the rate / bandwidth) and a fixed
 #: cost in seconds, fitted by ``benchmarks/bench_scaling.py --fit`` (non-negative least
-#: squares on relative error). The dual form has one measured point (the GPTfluence size,
-#: where it is 100x slower than the others): its flop multiplier comes from it and its fixed
-#: cost, not measured, is taken as CG's.
+#: squares on relative error, CG with its predicted iterations, as ``choose`` sees them) to
+#: the grid run with the cache-sized chunks of ``memory.default_chunk``. CG comes out as pure
+#: memory traffic. The dual form has one point on the grid (the GPTfluence size, where it
+#: is 100x slower than the others): its flop multiplier comes from it. The grid (0.17 s and
+#: up) cannot see costs of milliseconds: the fixed costs of CG and the dual form are their
+#: least times on problems of 20 to 96 rows (about 1.5 and 1 ms), where the dual form is the
+#: fastest solver.
 COEFFICIENTS = {
-    "direct": (2.35, 0.0, 0.34),
-    "cg": (105.0, 0.0, 0.105),
-    "dual": (3.4, 0.0, 0.105),
+    "direct": (4.27, 1.32, 0.0193),
+    "cg": (0.0, 1.26, 0.0015),
+    "dual": (11.2, 0.0, 0.001),
 }
 
 SOLVER_NAMES = ("direct", "cg", "dual")
