@@ -56,8 +56,6 @@ FLAGS = {
     "--heldout-curricula": ("Comparison.heldout_curricula", int),
 }
 METAGRADIENT = "metagradient"
-#: The score kinds the gradient methods read (``GradientContext.precompute``).
-SCORE_KINDS = ("checkpoints", "final", "influence", "trak", "ekfac")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +270,7 @@ def run(exp, cfg, fit_cfg, out: Path) -> Path:
     from simfluence_jax.fileio import atomic_write
     from simfluence_jax.gradients.context import PrecomputedGradients
     from simfluence_jax.gradients.metagradient import Replay
+    from simfluence_jax.gradients.scores import SCORE_KINDS, kinds_read_by
     from simfluence_jax.pipeline import study
     from simfluence_jax.pipeline.experiment import fit_simulators, gradient_context
     from simfluence_jax.pipeline.generate import prepare, store_name
@@ -310,13 +309,10 @@ def run(exp, cfg, fit_cfg, out: Path) -> Path:
     else:
         ctx = gradient_context(setup, runs.select([0]), Path(exp.cache_dir) / store_name(cfg)
                                / "store", **kwargs)  # fmt: skip
-        kinds = [k for k in SCORE_KINDS if k in {_score_kind(n) for n in fit_cfg.simulators}]
+        kinds = kinds_read_by(fit_cfg.simulators)
         for kind in kinds:
-            fn = {"checkpoints": ctx.checkpoint_dots, "final": ctx.final_dots,
-                  "influence": ctx.influence_scores, "trak": ctx.trak_scores,
-                  "ekfac": ctx.ekfac_scores}[kind]  # fmt: skip
             with Meter() as m:
-                fn()
+                SCORE_KINDS.get(kind).compute(ctx)
             score_cost[kind] = {"seconds": m.seconds, "peak_mb": m.peak_mb}
             _log(f"{kind} scores: {m.seconds:.1f} s")
         grads = ctx.precompute(kinds)  # cached: no recomputation
@@ -455,10 +451,10 @@ def run(exp, cfg, fit_cfg, out: Path) -> Path:
 
 def _score_kind(name: str) -> str | None:
     """The gradient score kind a gradient baseline reads (None for a fitted simulator)."""
-    base = name.removesuffix("_calibrated")
-    return {"tracin_cp": "checkpoints", "tracin_cp_summed": "checkpoints",
-            "grad_dot": "final", "influence": "influence", "trak": "trak",
-            "ekfac": "ekfac"}.get(base)  # fmt: skip
+    from simfluence_jax.gradients.scores import kinds_read_by
+
+    kinds = kinds_read_by([name])
+    return kinds[0] if kinds else None
 
 
 # Report --------------------------------------------------------------------------------------
