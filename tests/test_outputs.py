@@ -168,11 +168,17 @@ def test_two_generate_processes_on_one_folder(tmp_path):
     try:
         lock = outputs.lock_file(out)
         deadline = time.monotonic() + 240
-        while f'"pid": {first.pid}' not in (lock.read_text() if lock.exists() else ""):
+        # The first process locks the folder, then writes its operative config: wait for
+        # both, or a loaded machine catches it between the two.
+        config_file = out / "operative_config.gin"
+        while (
+            f'"pid": {first.pid}' not in (lock.read_text() if lock.exists() else "")
+            or not config_file.exists()
+        ):
             assert first.poll() is None, first.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "the first generate never took the folder"
             time.sleep(0.2)
-        config = (out / "operative_config.gin").read_text()
+        config = config_file.read_text()
         second = _generate(out, 8)
         _, err = second.communicate(timeout=300)
         assert second.returncode == 1, err[-3000:]
