@@ -81,6 +81,9 @@ class Counterfactuals:
       top_k: examples removed (or moved) by a targeted edit.
       horizon: steps at the end over which the loss is averaged (the final step is noisy).
       edit_simulators: simulators whose top-k helpful and harmful removals are retrained.
+      featurized: options of a featurized simulator (``featurized_fit.fit_featurized``) fitted
+        besides ``FitConfig.simulators`` on MiniLM embeddings of the texts with the label
+        appended (``experiments.beyond.make_features``); empty: none.
       lds_subsets: random half-subsets of the pool trained for the LDS (0: none).
       validation_draws: random removals of each size per validation run (the fixes of the
         magnitude are fitted on these only).
@@ -100,6 +103,7 @@ class Counterfactuals:
     top_k: int = 8
     horizon: int = 8
     edit_simulators: tuple[str, ...] = ()
+    featurized: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     lds_subsets: int = 32
     validation_draws: int = 2
     l2_grid: tuple[float, ...] = ()
@@ -568,6 +572,13 @@ def run(exp, cfg, fit_cfg, config_text: str, out: Path) -> Path:
     timings["runs_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     sims = fit_simulators(fit_cfg, fit, val, gradients=grads)
+    if exp.featurized:
+        from experiments.beyond import make_features
+
+        features = make_features(setup.task)
+        sim = sj.fit_simulator("featurized", fit, validation=val, features=features,
+                               **exp.featurized)  # fmt: skip
+        sims[sim.name] = sim
     timings["fit_s"] = time.perf_counter() - t0
     _log(f"{runs}: fitted {', '.join(sims)}")
     sources = [n for n in (exp.edit_simulators or sims) if n in sims and n not in NO_ATTRIBUTION]

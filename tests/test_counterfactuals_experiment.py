@@ -172,9 +172,9 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     )
     agree = summary["agreement"]
     assert {"all", "random", "targeted", "structural"} <= set(agree)
-    assert {"linear", "tracin_cp_calibrated", "mean"} <= set(agree["all"])
+    assert {"linear", "tracin_cp_calibrated", "mean", "featurized"} <= set(agree["all"])
     assert agree["all"]["mean"]["n"] > 0 and agree["all"]["mean"]["slope"] is None  # NaN
-    assert set(summary["payoff"]) == {"linear", "tracin_cp_calibrated"}
+    assert set(summary["payoff"]) == {"linear", "tracin_cp_calibrated", "featurized"}
     assert "linear (l2 by change)" in summary["lds"]
     report = (out / "report.md").read_text()
     assert "## Payoff of the top-k edits" in report and "Counterfactuals.top_k = 4" in report
