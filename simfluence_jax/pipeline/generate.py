@@ -90,6 +90,25 @@ def _format_warmup(cfg: RunsConfig, task, pre, model):
     )
 
 
+def _prompt_warmup(cfg: RunsConfig, task, model, params, method, optimizer, opt_kwargs):
+    """``method`` starting from its prompt trained on ``task``'s warm-up split (cached), see
+    ``training.prompt_warmup``."""
+    from simfluence_jax.training.prompt_warmup import prompt_warmup
+
+    if not task.warmup_texts:
+        raise ValueError(
+            f"task {task.name!r} has no warm-up split for the prompt's warmup_steps="
+            f"{method.warmup_steps}; give it one (e.g. task_kwargs {{'num_warmup': 20}})"
+        )
+    path = prompt_warmup(
+        method, model, params, task.warmup_texts, task.warmup_targets, optimizer,
+        optimizer_settings={"name": cfg.optimizer, "learning_rate": cfg.learning_rate,
+                            **opt_kwargs},
+        batch_size=method.warmup_batch_size, seed=cfg.seed,
+    )  # fmt: skip
+    return dataclasses.replace(method, init_from=str(path))
+
+
 def _use_seqio(cfg: RunsConfig) -> bool:
     if cfg.seqio not in ("auto", "always", "never"):
         raise ValueError(f"RunsConfig.seqio must be 'auto', 'always' or 'never', got {cfg.seqio!r}")
@@ -134,6 +153,8 @@ def prepare(cfg: RunsConfig, *, mesh=None) -> Setup:
     if opt_kwargs.get("schedule", "constant") != "constant":
         opt_kwargs.setdefault("total_steps", _num_steps(cfg, len(task.train_texts)))
     optimizer = make_optimizer(cfg.optimizer, learning_rate=cfg.learning_rate, **opt_kwargs)
+    if getattr(method, "warmup_steps", 0):
+        method = _prompt_warmup(cfg, task, model, params, method, optimizer, opt_kwargs)
     pool, test = _example_arrays(cfg, task, model)
     factory = RunFactory(
         model, params, method=method, optimizer=optimizer, pool=pool, test=test,

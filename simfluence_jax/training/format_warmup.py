@@ -76,7 +76,7 @@ class FormatWarmupConfig:
             )
 
 
-def _examples_digest(texts: Sequence[str], targets: Sequence[str]) -> str:
+def examples_digest(texts: Sequence[str], targets: Sequence[str]) -> str:
     h = hashlib.sha256()
     for text, target in zip(texts, targets, strict=True):
         h.update(text.encode("utf-8") + b"\0" + target.encode("utf-8") + b"\0")
@@ -120,7 +120,7 @@ def format_warmup_t5(
         "input_length": input_length,
         "target_length": target_length,
         "loss_normalization": loss_normalization,
-        "examples": _examples_digest(texts, targets),
+        "examples": examples_digest(texts, targets),
         "num_examples": len(texts),
     }
     base = {k: v for k, v in pretrained.settings.items() if k != "model_config"}

@@ -147,11 +147,19 @@ class PromptTuning:
       init_scale: the prompt starts uniform in ``[-init_scale, init_scale]`` (Lester et al.'s
         random-uniform initialisation).
       init_seed: seed of that draw (the same for every run).
+      warmup_steps: updates of the prompt on the task's warm-up split before any run
+        (``training.prompt_warmup``; the pipeline does them and sets ``init_from``); 0: none.
+      warmup_batch_size: warm-up examples per update.
+      init_from: a warmed-prompt ``.npz`` (``prompt_warmup.prompt_warmup``) every run starts
+        from instead of the random draw.
     """
 
     n_tokens: int = 8
     init_scale: float = 0.5
     init_seed: int = 0
+    warmup_steps: int = 0
+    warmup_batch_size: int = 8
+    init_from: str | None = None
     name: str = "prompt"
 
     def _check(self, model):
@@ -162,6 +170,8 @@ class PromptTuning:
             )
         if self.n_tokens < 1:
             raise ValueError(f"prompt tuning needs n_tokens >= 1, got {self.n_tokens}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"prompt tuning needs warmup_steps >= 0, got {self.warmup_steps}")
 
     def setup(self, model, params, pool, test) -> MethodData:
         self._check(model)
@@ -171,6 +181,10 @@ class PromptTuning:
         self._check(model)
         key = jax.random.PRNGKey(self.init_seed)
         shape = (self.n_tokens, model.prompt_dim)
+        if self.init_from is not None:
+            from simfluence_jax.training.prompt_warmup import load_prompt
+
+            return {"prompt": jnp.asarray(load_prompt(self.init_from, shape))}
         return {"prompt": jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) * self.init_scale}
 
     def loss(self, model, trainable, frozen, inputs, *, rng=None):
