@@ -76,6 +76,17 @@ class FormatWarmupConfig:
             )
 
 
+def checked_examples(texts, targets, what: str) -> tuple[list[str], list[str]]:
+    """The warm-up examples as strings; ``ValueError`` naming ``what`` if there are none or
+    the texts and targets differ in number."""
+    texts, targets = [str(t) for t in texts], [str(t) for t in targets]
+    if not texts:
+        raise ValueError(f"{what} needs warm-up examples; the task has none")
+    if len(texts) != len(targets):
+        raise ValueError(f"{len(texts)} warm-up texts but {len(targets)} targets")
+    return texts, targets
+
+
 def examples_digest(texts: Sequence[str], targets: Sequence[str]) -> str:
     h = hashlib.sha256()
     for text, target in zip(texts, targets, strict=True):
@@ -110,11 +121,7 @@ def format_warmup_t5(
       the warm-up's (``"format_warmup"``), and whose ``losses`` are the mean training loss
       of each chunk.
     """
-    texts, targets = [str(t) for t in texts], [str(t) for t in targets]
-    if not texts:
-        raise ValueError("the format warm-up needs warm-up examples; the task has none")
-    if len(texts) != len(targets):
-        raise ValueError(f"{len(texts)} warm-up texts but {len(targets)} targets")
+    texts, targets = checked_examples(texts, targets, "the format warm-up")
     warmup = {
         **dataclasses.asdict(config),
         "input_length": input_length,

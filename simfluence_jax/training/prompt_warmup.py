@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simfluence_jax.training.chunked import train_in_chunks
-from simfluence_jax.training.format_warmup import examples_digest
+from simfluence_jax.training.format_warmup import checked_examples, examples_digest
 from simfluence_jax.training.pretrain import default_cache_dir
 
 
@@ -75,11 +75,7 @@ def prompt_warmup(
     Returns:
       the ``.npz`` holding ``prompt: float32[n_tokens, prompt_dim]``.
     """
-    texts, targets = [str(t) for t in texts], [str(t) for t in targets]
-    if not texts:
-        raise ValueError("the prompt warm-up needs warm-up examples; the task has none")
-    if len(texts) != len(targets):
-        raise ValueError(f"{len(texts)} warm-up texts but {len(targets)} targets")
+    texts, targets = checked_examples(texts, targets, "the prompt warm-up")
     if method.warmup_steps < 1:
         raise ValueError(f"prompt warm-up needs warmup_steps >= 1, got {method.warmup_steps}")
     if batch_size < 1 or chunk_steps < 1:
