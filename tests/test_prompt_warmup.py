@@ -45,7 +45,7 @@ def test_the_warmed_prompt_lowers_the_warmup_loss_and_is_cached(small, monkeypat
     path = _warm(small, method)
     assert path.parent == cache and path.name.startswith("prompt-") and path.suffix == ".npz"
     arrays = model.example_arrays(WARM_TEXTS, WARM_TARGETS)
-    start = method.init(model, params)
+    start = make_method("prompt", n_tokens=4).init(model, params)  # the random draw
     warmed = make_method("prompt", n_tokens=4, init_from=str(path)).init(model, params)
     assert warmed["prompt"].shape == start["prompt"].shape == (4, model.prompt_dim)
     before = np.mean(method.loss(model, start, params, arrays))
@@ -83,6 +83,8 @@ def test_bad_prompt_files_and_settings_are_named(small, tmp_path):
         pw.load_prompt(tmp_path / "missing.npz", (4, 8))
     with pytest.raises(ValueError, match="warmup_steps >= 0"):
         make_method("prompt", warmup_steps=-1).init(model, params)
+    with pytest.raises(ValueError, match="starts from its warmed prompt"):
+        make_method("prompt", n_tokens=4, warmup_steps=5).init(model, params)
     with pytest.raises(ValueError, match="warmup_steps >= 1"):
         _warm(small, make_method("prompt", n_tokens=4))
     opt = make_optimizer("adafactor", learning_rate=0.1)

@@ -57,11 +57,8 @@ def _model(cfg: RunsConfig, task):
             "RunsConfig.format_warmup_steps > 0 needs the pretrained T5 (model 't5' with "
             f"pretrain=True), got model {cfg.model!r} with pretrain={cfg.pretrain}"
         )
-    if cfg.format_warmup_steps and not task.warmup_texts:
-        raise ValueError(
-            f"task {task.name!r} has no warm-up split for RunsConfig.format_warmup_steps="
-            f"{cfg.format_warmup_steps}; give it one (e.g. task_kwargs {{'num_warmup': 20}})"
-        )
+    if cfg.format_warmup_steps:
+        _need_warmup_split(task, f"RunsConfig.format_warmup_steps={cfg.format_warmup_steps}")
     if cfg.model == "t5" and cfg.pretrain:
         from simfluence_jax.training.pretrain import PretrainConfig, pretrain_t5
 
@@ -72,6 +69,14 @@ def _model(cfg: RunsConfig, task):
     if cfg.model == "minilm" and task.label_names and "label_names" not in kwargs:
         kwargs["label_names"] = tuple(task.label_names)
     return MODELS.get(cfg.model)(**kwargs)
+
+
+def _need_warmup_split(task, what: str) -> None:
+    if not task.warmup_texts:
+        raise ValueError(
+            f"task {task.name!r} has no warm-up split for {what}; give it one "
+            "(e.g. task_kwargs {'num_warmup': 20})"
+        )
 
 
 def _format_warmup(cfg: RunsConfig, task, pre, model):
@@ -95,11 +100,7 @@ def _prompt_warmup(cfg: RunsConfig, task, model, params, method, optimizer, opt_
     ``training.prompt_warmup``."""
     from simfluence_jax.training.prompt_warmup import prompt_warmup
 
-    if not task.warmup_texts:
-        raise ValueError(
-            f"task {task.name!r} has no warm-up split for the prompt's warmup_steps="
-            f"{method.warmup_steps}; give it one (e.g. task_kwargs {{'num_warmup': 20}})"
-        )
+    _need_warmup_split(task, f"the prompt's warmup_steps={method.warmup_steps}")
     path = prompt_warmup(
         method, model, params, task.warmup_texts, task.warmup_targets, optimizer,
         optimizer_settings={"name": cfg.optimizer, "learning_rate": cfg.learning_rate,

@@ -185,6 +185,12 @@ class PromptTuning:
             from simfluence_jax.training.prompt_warmup import load_prompt
 
             return {"prompt": jnp.asarray(load_prompt(self.init_from, shape))}
+        if self.warmup_steps:
+            raise ValueError(
+                f"prompt tuning with warmup_steps={self.warmup_steps} starts from its warmed "
+                "prompt: make runs through pipeline.prepare, or give init_from a file of "
+                "training.prompt_warmup.prompt_warmup"
+            )
         return {"prompt": jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) * self.init_scale}
 
     def loss(self, model, trainable, frozen, inputs, *, rng=None):

@@ -99,7 +99,7 @@ def prompt_warmup(
         return target
 
     arrays = model.example_arrays(texts, targets)
-    start = method.init(model, params)
+    start = dataclasses.replace(method, warmup_steps=0).init(model, params)  # the random draw
 
     def batch_loss(trainable, batch, rng):
         del rng  # the frozen model's own setting, deterministic
