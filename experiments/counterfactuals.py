@@ -520,11 +520,18 @@ def payoff_markdown(pay: Mapping[str, Mapping[str, Mapping]], top_k: int) -> lis
         h, m = d.get("helpful", {}), d.get("harmful", {})
         lines.append(
             f"| {src} | {_f(h.get('targeted'))} | {_f(h.get('random'))} | "
-            f"{_f(h.get('gain'))} ± {_f(h.get('gain_sem'), 2)} | {_f(h.get('wins'), 2)} | "
+            f"{_f(h.get('gain'))} ± {_f(h.get('gain_sem'), 2)} | {_wins(h)} | "
             f"{_f(-m['targeted'] if m else None)} | {_f(m.get('gain'))} ± "
-            f"{_f(m.get('gain_sem'), 2)} | {_f(m.get('wins'), 2)} |"
+            f"{_f(m.get('gain_sem'), 2)} | {_wins(m)} |"
         )
     return lines
+
+
+def _wins(d: Mapping[str, Any]) -> str:
+    """``"k/n"``: the targeted edits that beat random ones, of ``n``."""
+    if not d or d.get("wins") is None:
+        return "n/a"
+    return f"{round(d['wins'] * d['n'])}/{d['n']}"
 
 
 def lds_markdown(table: Mapping[str, Mapping[str, float]]) -> list[str]:

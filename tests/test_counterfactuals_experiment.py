@@ -116,6 +116,8 @@ def test_changes_pairs_and_payoff_table_on_a_fixed_plan():
     assert pay["helpful"]["gain"] == pytest.approx(0.5)
     # harmful on test 0: −0.5 against the random mean (0.1 + 0.3) / 2 = 0.2: gain 0.7.
     assert pay["harmful"]["gain"] == pytest.approx(0.7)
+    table = bench.payoff_markdown({"s": pay}, 2)
+    assert table[2].count("| 1/1 |") == 2, table[2]
 
 
 def test_random_edits_never_leave_a_step_of_padding_only():
