@@ -7,34 +7,24 @@ import math
 import jax
 import numpy as np
 import pytest
+from small_t5 import WARM_TARGETS, WARM_TEXTS, pretrained
 
 from simfluence_jax.data.tasks import get_task
 from simfluence_jax.pipeline import generate
 from simfluence_jax.pipeline.config import RunsConfig
 from simfluence_jax.training.format_warmup import FormatWarmupConfig, format_warmup_t5
-from simfluence_jax.training.pretrain import PretrainConfig, pretrain_t5
-
-TEXTS = [
-    f"the {a} market rose as {b} traders bought shares in the morning"
-    for a in ("stock", "bond", "oil", "gold")
-    for b in ("early", "late", "eager", "foreign")
-] * 6
+from simfluence_jax.training.pretrain import pretrain_t5
 
 
 @pytest.fixture(scope="module")
 def small_pretrained(tmp_path_factory):
-    config = PretrainConfig(
-        spm_vocab_size=64, batch_size=4, num_steps=20, chunk_steps=10, warmup_steps=5,
-        learning_rate=1e-2, input_length=24, target_length=8,
-    )  # fmt: skip
     cache = tmp_path_factory.mktemp("pretrain")
-    return pretrain_t5(config, texts=TEXTS, cache_dir=cache, progress=False), cache
+    return pretrained(cache), cache
 
 
 def test_format_warmup_trains_and_is_cached(small_pretrained):
     pre, cache = small_pretrained
-    texts = [f"is the {w} market up" for w in ("stock", "bond", "oil", "gold")] * 2
-    targets = ["rose", "fell"] * 4
+    texts, targets = WARM_TEXTS, WARM_TARGETS
     config = FormatWarmupConfig(num_steps=20, batch_size=4, chunk_steps=10)
     kwargs = {"input_length": 24, "target_length": 4, "cache_dir": cache, "progress": False}
     warm = format_warmup_t5(pre, texts, targets, config, **kwargs)

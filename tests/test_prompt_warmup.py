@@ -2,32 +2,21 @@
 
 import numpy as np
 import pytest
+from small_t5 import WARM_TARGETS, WARM_TEXTS, pretrained
 
 from simfluence_jax.data.tasks import get_task
 from simfluence_jax.pipeline import generate
 from simfluence_jax.pipeline.config import RunsConfig
 from simfluence_jax.training import make_method, make_optimizer
 from simfluence_jax.training import prompt_warmup as pw
-from simfluence_jax.training.pretrain import PretrainConfig, pretrain_t5
 
-TEXTS = [
-    f"the {a} market rose as {b} traders bought shares in the morning"
-    for a in ("stock", "bond", "oil", "gold")
-    for b in ("early", "late", "eager", "foreign")
-] * 6
-WARM_TEXTS = [f"is the {w} market up" for w in ("stock", "bond", "oil", "gold")] * 2
-WARM_TARGETS = ["rose", "fell"] * 4
 OPT = {"name": "adafactor", "learning_rate": 0.1}
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    config = PretrainConfig(
-        spm_vocab_size=64, batch_size=4, num_steps=20, chunk_steps=10, warmup_steps=5,
-        learning_rate=1e-2, input_length=24, target_length=8,
-    )  # fmt: skip
     cache = tmp_path_factory.mktemp("pretrain")
-    pre = pretrain_t5(config, texts=TEXTS, cache_dir=cache, progress=False)
+    pre = pretrained(cache)
     return pre.model(input_length=24, target_length=4), pre.params, cache
 
 
