@@ -56,6 +56,9 @@ def test_the_warmed_prompt_lowers_the_warmup_loss_and_is_cached(small, monkeypat
     assert _warm(small, method, batch_size=2) != path
     assert _warm(small, method, optimizer_settings={**OPT, "learning_rate": 0.05}) != path
     assert pw.params_digest(params) != pw.params_digest({"other": np.zeros(2)})
+    # So do the lengths the model encodes the examples with.
+    shorter = pretrained(cache).model(input_length=24, target_length=3)  # cached: a load
+    assert _warm((shorter, params, cache), method) != path
 
 
 def test_bad_prompt_files_and_settings_are_named(small, tmp_path):

@@ -6,14 +6,15 @@ still perturbs the encoder's input, so the first updates of every run remove the
 perturbation: a drop shared by all curricula that the curriculum-blind ``mean`` control
 captures and no per-example simulator can attribute (the fidelity matrix's prompt-tuning row,
 experiments/README.md). Full fine-tuning gets its format warm-up before runs are logged;
-this gives the prompt the same treatment: ``num_steps`` updates of the prompt alone (the
-model frozen) on the warm-up split, examples in neither the pool nor the test set, with the
-runs' own optimizer (a fresh state; a schedule starts again for the runs), batches drawn
-epoch by epoch as in ``training.chunked``.
+this gives the prompt the same treatment: ``PromptTuning.warmup_steps`` updates of the
+prompt alone (the model frozen) on the warm-up split, examples in neither the pool nor the
+test set, with the runs' own optimizer (a fresh state; a schedule starts again for the
+runs), batches drawn epoch by epoch as in ``training.chunked``.
 
-The warmed prompt is cached as ``<cache>/prompt-<hash>.npz`` (one array, ``prompt``), the
-hash covering the frozen parameters' bytes, the method's settings, the optimizer, these
-settings and the warm-up examples; every run of the store then starts from it
+The warmed prompt is cached as ``<cache>/prompt-<hash>.npz`` (``prompt``, and the loss of
+each chunk), the hash covering the frozen parameters' bytes, the warm-up examples as the
+model encodes them (so its input and target lengths), its loss normalisation, the method's
+settings, the optimizer and these settings; every run of the store then starts from it
 (``PromptTuning.init_from``).
 """
 
@@ -36,7 +37,7 @@ from simfluence_jax.training.pretrain import default_cache_dir
 
 
 def params_digest(params) -> str:
-    """A digest of every leaf's path, dtype, shape and bytes."""
+    """A digest of every leaf's path, dtype, shape and bytes (any pytree of arrays)."""
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         a = np.asarray(leaf)
@@ -82,10 +83,13 @@ def prompt_warmup(
         raise ValueError(
             f"batch_size and chunk_steps must be >= 1, got {batch_size}, {chunk_steps}"
         )
+    arrays = model.example_arrays(texts, targets)
     fields = {k: v for k, v in dataclasses.asdict(method).items() if k != "init_from"}
     settings = {
         "method": fields,
         "params": params_digest(params),
+        "arrays": params_digest(arrays),
+        "loss_normalization": getattr(model, "loss_normalization", None),
         "optimizer": optimizer_settings,
         "batch_size": batch_size,
         "seed": seed,
@@ -98,7 +102,6 @@ def prompt_warmup(
     if target.exists():
         return target
 
-    arrays = model.example_arrays(texts, targets)
     start = dataclasses.replace(method, warmup_steps=0).init(model, params)  # the random draw
 
     def batch_loss(trainable, batch, rng):
