@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simfluence_jax import fileio
 from simfluence_jax.training.chunked import train_in_chunks
-from simfluence_jax.training.format_warmup import checked_examples, examples_digest
+from simfluence_jax.training.format_warmup import checked_examples
 from simfluence_jax.training.pretrain import default_cache_dir
 
 
@@ -93,8 +93,6 @@ def prompt_warmup(
         "optimizer": optimizer_settings,
         "batch_size": batch_size,
         "seed": seed,
-        "examples": examples_digest(texts, targets),
-        "num_examples": len(texts),
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -122,10 +120,11 @@ def prompt_warmup(
         label="prompt warm-up",
         progress=progress,
     )
-    root.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.stem}.{os.getpid()}.npz")
-    np.savez(partial, prompt=np.asarray(trained["prompt"], np.float32), losses=losses)
-    os.replace(partial, target)  # whole file or none: a concurrent process may write it too
+    fileio.make_dirs(root)
+    # Whole file or none: a concurrent process may write the same one.
+    fileio.atomic_npz(
+        target, {"prompt": np.asarray(trained["prompt"], np.float32), "losses": losses}
+    )
     return target
 
 
