@@ -5,7 +5,14 @@ The model (``simulators.filter``): rows ``x = [Lp s_t x_t, s_t x_t]`` with
 ``theta = (A, B)``, so ``theta(h)`` is an exact ridge solve, and the fit minimises the
 projected objective of the K free taps alone (variable projection, Golub and Pereyra 1973):
 
-    f(h) = sum_j min_theta |y_j - X_j(h) theta|^2 + l2 |theta|^2       (j: test examples)
+    f(h) = sum_j min_theta |y_j - X_j(h) theta|^2 + l2 q(h) |theta|^2   (j: test examples)
+
+**The penalty is on the filtered effects**, ``q(h) = |h|^2``: scaling the filter by c and
+(A, B) by 1/c leaves the predictions and ``q |theta|^2`` unchanged, so the fit cannot lower the
+penalty by growing the free taps and shrinking (A, B). With ``l2 |theta|^2`` alone it did: on
+real AdamW runs (16 fitting runs, l2 = 10) the taps grew to ~2000 and the rollout diverged.
+``q = 1`` at ``K = 0`` (plain Linear); a fixed filter h at l2 is the ridge of its rows at
+``l2 |h|^2``.
 
 **The ridge for fixed h.** The direct solver builds kernel rows with a recursion that holds
 only for the geometric filter, so the normal equations are built here and solved by its
@@ -22,16 +29,16 @@ instead of the dense O(S N^2).
 **The step on h.** Write ``X_k`` for the rows' derivative in ``h[k]`` (the counts delayed by
 k steps) and ``z_k = X_k theta = s_t (Lp a_{t-k} + b_{t-k})`` with the per-step sums
 ``a_t = A . m(c_t)``, ``b_t = B . m(c_t)``. Differentiating the normal equations
-``G theta = X^T y`` (``G = X^T X + l2 I``) gives ``theta``'s derivative
+``G theta = X^T y`` (``G = X^T X + l2 q I``) gives ``theta``'s derivative
 
-    d theta / d h[k] = G^-1 (X_k^T r - X^T z_k),    r = y - X theta,
+    d theta / d h[k] = G^-1 (X_k^T r - X^T z_k - 2 l2 h[k] theta),    r = y - X theta,
 
 one more solve with the factorisation already made (the K right-hand sides share it), and
-the Jacobian of the augmented residual ``[r; sqrt(l2) theta]`` has columns
-``[-z_k - X d theta_k; sqrt(l2) d theta_k]`` (Golub and Pereyra's full Jacobian; Kaufman's
-approximation drops ``X_k^T r`` and would cost the same). ``J^T [r; sqrt(l2) theta] =
--z^T r`` is the exact gradient of ``f / 2``
-(``X^T r = l2 theta`` at the solve), so the iteration stops where the joint objective in
+the Jacobian of the augmented residual ``[r; sqrt(l2 q) theta]`` has columns
+``[-z_k - X d theta_k; sqrt(l2) (h[k] theta / sqrt(q) + sqrt(q) d theta_k)]`` (Golub and
+Pereyra's full Jacobian; Kaufman's approximation drops ``X_k^T r`` and would cost the same).
+``J^T [r; sqrt(l2 q) theta] = -z^T r + l2 h |theta|^2`` is the exact gradient of ``f / 2``
+(``X^T r = l2 q theta`` at the solve), so the iteration stops where the joint objective in
 (h, A, B) is stationary, and ``J^T J`` is a Gauss-Newton model of it that accounts for
 (A, B) moving with h, which plain alternation between the two solves does not (it creeps
 toward the minimum). Levenberg-Marquardt damping; a step is taken only if it lowers f.
@@ -138,14 +145,16 @@ def solve_normal(S0, S2, S1, r, l2s) -> jax.Array:
 
 @partial(jax.jit, static_argnames=("N",))
 def _evaluate(h, data, l2s, *, N: int):
-    """``(theta [L, M, 2N], f [L], blocks)``: the ridge solution and objective per l2."""
+    """``(theta [L, M, 2N], f [L], blocks)``: the ridge solution and objective per l2
+    (penalty ``l2 q(h) |theta|^2``, module docstring)."""
     blocks = _blocks(h, data, N)
-    theta = solve_normal(*blocks[:3], blocks[3], l2s)
+    q = jnp.sum(h * h)
+    theta = solve_normal(*blocks[:3], blocks[3], l2s * q)
     y = data[3]
 
     def objective(th, l2):
         res = y - _predict(th, h, data, N)[0]
-        return jnp.sum(res * res) + l2 * jnp.sum(th * th)
+        return jnp.sum(res * res) + l2 * q * jnp.sum(th * th)
 
     return theta, jax.vmap(objective)(theta, l2s), blocks
 
@@ -158,11 +167,13 @@ def _gauss_newton(h, theta, blocks, data, l2, *, N: int):
     K, T = h.shape[0] - 1, s.shape[1]
     F = _toeplitz(h, T)
     delays = jnp.stack([jnp.eye(T, k=-k, dtype=s.dtype) for k in range(1, K + 1)])  # [K, T, T]
+    q, hk = jnp.sum(h * h), h[1:]
     pred, a, b = _predict(theta, h, data, N)
     res = y - pred
     # z_k = X_k theta = s_t (Lp a_{t-k} + b_{t-k}): [K, M, R, T]
     Z = s * (Lp * jnp.einsum("kta,mra->kmrt", delays, a) + jnp.einsum("kta,mra->kmrt", delays, b))
-    g = -jnp.einsum("kmrt,mrt->k", Z, res)
+    norm2 = jnp.sum(theta * theta)
+    g = -jnp.einsum("kmrt,mrt->k", Z, res) + l2 * hk * norm2
 
     def part(c):  # the A (c = Lp) or B (c = 1) block of X_k^T r - X^T z_k: [K, M, N]
         u = jnp.einsum("kta,mrt->kmra", delays, s * c * res)
@@ -171,11 +182,14 @@ def _gauss_newton(h, theta, blocks, data, l2, *, N: int):
         return scatter(u)
 
     rhs = jnp.concatenate([part(Lp), part(1.0)], axis=-1)  # [K, M, 2N]
+    rhs = rhs - 2.0 * l2 * hk[:, None, None] * theta
     S0, S2, S1, _ = blocks
     # One factorisation for every tap: only the right-hand sides are batched.
-    dtheta = jax.vmap(lambda r: solve_normal(S0, S2, S1, r, l2[None])[0])(rhs)
+    dtheta = jax.vmap(lambda r: solve_normal(S0, S2, S1, r, (l2 * q)[None])[0])(rhs)
     E = Z + jax.vmap(lambda th: _predict(th, h, data, N)[0])(dtheta)  # -d res / d h_k
-    H = jnp.einsum("kmrt,lmrt->kl", E, E) + l2 * jnp.einsum("kmp,lmp->kl", dtheta, dtheta)
+    # The penalty's rows sqrt(l2 q) theta, differentiated in h_k: [K, M, 2N]
+    P = hk[:, None, None] * theta / jnp.sqrt(q) + jnp.sqrt(q) * dtheta
+    H = jnp.einsum("kmrt,lmrt->kl", E, E) + l2 * jnp.einsum("kmp,lmp->kl", P, P)
     return g, H
 
 

@@ -60,7 +60,8 @@ def test_learned_filter_recovers_the_true_one(truth, geometric_worse):
     assert isinstance(sim, FilterSimulator) and sim.filter.shape == (K + 1,)
     assert sim.filter[0] == 1.0
     assert _max_rel_error(sim.filter, truth) <= 0.10, (np.asarray(sim.filter), truth)
-    A, B = _numpy_ridge(fit, truth, L2)
+    # The filter kernel's penalty is on the filtered effects: l2 |h|^2 |theta|^2.
+    A, B = _numpy_ridge(fit, truth, L2 * float(np.sum(truth**2)))
     exact = sim.replace(A=A.astype(np.float32), B=B.astype(np.float32),
                         filter=truth.astype(np.float32))  # fmt: skip
     mse_fit, mse_exact = mse(sim, test), mse(exact, test)
@@ -126,7 +127,9 @@ def test_geometric_world_gives_the_momentum_fit():
     T = fit.num_steps
     with jax.enable_x64(True):
         momentum = sj.fit_simulator("linear", fit, momentum=mu, l2=L2, dtype=np.float64, **KW)
-        fixed = filter_fit.fit_filter(fit, filter_length=T - 1, filter_init=mu, l2=L2,
+        # A fixed filter h at l2 is the ridge of its rows at l2 |h|^2.
+        q = float(np.sum(mu ** (2 * np.arange(T))))
+        fixed = filter_fit.fit_filter(fit, filter_length=T - 1, filter_init=mu, l2=L2 / q,
                                       dtype=np.float64, learn_filter=False, **KW)  # fmt: skip
     np.testing.assert_allclose(fixed.filter, mu ** np.arange(T), rtol=1e-6)
     for got, want in ((fixed.A, momentum.A), (fixed.B, momentum.B)):
@@ -141,6 +144,30 @@ def test_geometric_world_gives_the_momentum_fit():
     leading = mu ** np.arange(4)  # the taps >= 0.5
     assert _max_rel_error(learned.filter[:4], leading) <= 0.10, learned.filter
     assert mse(learned, test) <= 1.05 * mse(m32, test), (mse(learned, test), mse(m32, test))
+
+
+def test_fixed_filter_is_the_ridge_of_its_rows_at_l2_times_its_norm():
+    """For a fixed filter the fit is an exact ridge with penalty l2 |h|^2 |theta|^2, the
+    dense NumPy solve of the same rows agrees."""
+    fit = world(filter=LATE_PEAK, num_runs=20)
+    h = np.array([1.0, 0.5, -0.3, 0.2])
+    with jax.enable_x64(True):
+        sim = filter_fit.fit_filter(fit, filter_length=3, filter_init=h, l2=0.05,
+                                    dtype=np.float64, learn_filter=False, **KW)  # fmt: skip
+    A, B = _numpy_ridge(fit, h, 0.05 * float(np.sum(h**2)))
+    for got, want in ((sim.A, A), (sim.B, B)):
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-8 * np.abs(want).max())
+
+
+def test_strong_ridge_cannot_be_escaped_by_growing_the_taps():
+    """With the penalty on theta alone, a strong ridge is lowered by growing the free taps
+    and shrinking (A, B) (measured on real AdamW runs: taps ~2000, diverging rollouts).
+    On the late-peak world (largest true tap 1.4) at l2 = 100 the taps stay that size
+    (measured: largest 1.04; with the old penalty 16.7, and 215 at l2 = 1000)."""
+    fit = world(filter=LATE_PEAK, num_runs=40)
+    K = len(LATE_PEAK) - 1
+    sim = sj.fit_simulator("linear", fit, kernel="filter", filter_length=K, l2=100.0, **KW)
+    assert np.max(np.abs(np.asarray(sim.filter))) <= 2.0, np.asarray(sim.filter)
 
 
 def test_measured_prior_and_registered_name():
