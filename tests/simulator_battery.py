@@ -47,8 +47,30 @@ def synthetic_features(runs, seed=0):
     return make(runs, seed=seed)
 
 
+def synthetic_metagradients(runs, seed: int):
+    """One ``Metagradients`` per run of ``runs``: small random slot derivatives of the mean of
+    the last 4 losses (0 on padding slots)."""
+    from simfluence_jax.gradients.metagradient import Metagradients, horizon_readout
+
+    rng = np.random.default_rng(seed)
+    R, T, B = runs.batches.shape
+    readout = np.asarray(horizon_readout(T, min(4, T)))
+    out = []
+    for r in range(R):
+        slot = 1e-3 * rng.standard_normal((runs.num_test, 1, T, B)) * (runs.batches[r] >= 0)
+        out.append(Metagradients(batches=runs.batches[r], seed=r, readout=readout,
+                                 values=np.zeros((1, runs.num_test)), slot=slot,
+                                 num_train=runs.num_train,
+                                 test_index=np.arange(runs.num_test)))  # fmt: skip
+    return out
+
+
 #: ``input name -> make(runs, seed)``: stand-ins for the inputs a fitter may declare.
-SYNTHETIC_INPUTS = {"gradients": synthetic_gradients, "features": synthetic_features}
+SYNTHETIC_INPUTS = {
+    "gradients": synthetic_gradients,
+    "features": synthetic_features,
+    "metagradients": synthetic_metagradients,
+}
 
 
 def synthetic_inputs(name, runs, seed=0) -> dict:

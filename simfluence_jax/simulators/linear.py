@@ -159,6 +159,11 @@ EXTENSIONS = {
         "linear_one_plus_sum": _fitting(
             "fit_linear_one_plus_sum", doc="Linear in the one_plus_sum form: alpha = 1 + sum A_i"
         ),
+        "linear_metagradient": Fitter(
+            "simfluence_jax.metagradient_fit:fit_linear_metagradients",
+            inputs=("metagradients",),
+            doc="Linear fitted to the runs' trajectories and their exact metagradients",
+        ),
         "additive": _fitting("fit_additive", doc="additive (TracIn-like): A = 0"),
         "multiplicative": _fitting("fit_multiplicative", doc="multiplicative: B = 0"),
         "constant": _fitting("fit_constant", group="control", doc="control: L_t = L_0"),
