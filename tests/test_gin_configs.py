@@ -13,6 +13,7 @@ from experiments import (
     fidelity,
     filter_kernel,
     impulse_responses,
+    metagradient_observations,
 )
 from simfluence_jax import cli
 from simfluence_jax.pipeline import config as cfgs
@@ -28,6 +29,7 @@ cli.register_configurable(counterfactuals.Counterfactuals)
 cli.register_configurable(filter_kernel.FilterKernel)
 cli.register_configurable(comparison.Comparison)
 cli.register_configurable(impulse_responses.ImpulseStudy)
+cli.register_configurable(metagradient_observations.MetagradientObservations)
 #: What the files marked "Requires: <binding>" need bound to parse on their own.
 REQUIRED = {
     "base.gin": ["Experiment.output_dir = '/tmp/x'"],
