@@ -104,13 +104,14 @@ def fit_metagradients(replay, fit, tests, exp, folder: Path) -> tuple[list, list
         path = folder / f"metagradients-{key}.npz"
         if path.exists():
             with np.load(path, allow_pickle=False) as z:
-                out.append(Metagradients(batches=z["batches"], seed=seed, readout=z["readout"],
-                                         values=z["values"], slot=z["slot"],
-                                         num_train=fit.num_train, test_index=z["test_index"]))  # fmt: skip
+                arrays = {k: z[k] for k in ("batches", "readout", "values", "slot", "test_index")}
+            out.append(Metagradients(seed=seed, num_train=fit.num_train, **arrays))
             continue
         t0 = time.perf_counter()
-        meta = replay.metagradients(fit.batches[r], seed, horizon=exp.horizon, tests=tests,
-                                    remat_chunk=exp.remat_chunk, test_batch_size=exp.test_batch)  # fmt: skip
+        meta = replay.metagradients(
+            fit.batches[r], seed, horizon=exp.horizon, tests=tests,
+            remat_chunk=exp.remat_chunk, test_batch_size=exp.test_batch,
+        )  # fmt: skip
         seconds.append(time.perf_counter() - t0)
         atomic_npz(path, {"batches": meta.batches, "readout": meta.readout,
                           "values": meta.values, "slot": meta.slot,
@@ -169,8 +170,8 @@ def main(argv=None) -> Path:
 
 def run(exp, cfg, fit_cfg, config_text: str, out: Path) -> Path:
     import simfluence_jax as sj
-    from simfluence_jax import lds
     from simfluence_jax import counterfactuals as cf
+    from simfluence_jax import lds
     from simfluence_jax.fitting import rollout_mse
     from simfluence_jax.gradients.metagradient import Replay
     from simfluence_jax.pipeline import study
@@ -218,9 +219,9 @@ def run(exp, cfg, fit_cfg, config_text: str, out: Path) -> Path:
     lds_args = None
     if exp.lds_subsets:
         lds_seeds = cfg.seed * 100_003 + 50_000 + np.arange(exp.lds_subsets)
+        epochs = max(1, round(runs.num_steps * B / (cfg.subset_size or N)))
         lds_args = dict(pool_size=N, num_subsets=exp.lds_subsets, subset_size=N // 2 // B * B,
-                        batch_size=B, seed=cfg.seed + 7,
-                        epochs=max(1, round(runs.num_steps * B / (cfg.subset_size or N))))  # fmt: skip
+                        batch_size=B, seed=cfg.seed + 7, epochs=epochs)  # fmt: skip
 
         def train(b):
             losses, rates = retrainer(b, lds_seeds[: len(b)])
