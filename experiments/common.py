@@ -62,3 +62,27 @@ def write_outputs(out: Path, files: Mapping[str, Any]) -> None:
 
     for name, content in files.items():
         atomic_write(Path(out) / name, content if isinstance(content, str) else json_text(content))
+
+
+def claim_with_retrained(output_dir, retrained_dir, *, command: str, config_text: str):
+    """A context manager claiming ``output_dir`` (with the operative config) and, when it is
+    another folder, ``retrained_dir`` shared: only its ``retrained/`` cache of real
+    retrainings is read and written, as the counterfactual benchmark (which claims its own
+    folder shared) and other studies may do at the same time. Yields ``output_dir``."""
+    import contextlib
+
+    from simfluence_jax import outputs
+    from simfluence_jax.cli import gin_edge
+
+    @contextlib.contextmanager
+    def claims():
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(
+                gin_edge.claim_output(output_dir, command=command, config_text=config_text)
+            )
+            if outputs.resolve(retrained_dir) != out:
+                stack.enter_context(gin_edge.claim_output(retrained_dir, command=command,
+                                                          shared=True))  # fmt: skip
+            yield out
+
+    return claims()

@@ -242,23 +242,11 @@ def accuracy_figure(table, path: Path, methods: Sequence[str]) -> None:
 
 # Main ----------------------------------------------------------------------------------------
 def main(argv=None) -> Path:
-    import contextlib
-
-    from simfluence_jax import outputs
-    from simfluence_jax.cli import gin_edge
-
     exp, cfg, fit_cfg, config_text = parse(sys.argv[1:] if argv is None else argv)
     command = "python -m experiments.comparison"
-    with contextlib.ExitStack() as claims:
-        out = claims.enter_context(
-            gin_edge.claim_output(exp.output_dir, command=command, config_text=config_text)
-        )
-        if outputs.resolve(exp.retrained_dir) != out:
-            # The retrainings are cached in the counterfactual benchmark's folder: claimed
-            # shared, as the benchmark claims it, so both may run at once; only its
-            # ``retrained/`` is read and written.
-            claims.enter_context(gin_edge.claim_output(exp.retrained_dir, command=command,
-                                                       shared=True))  # fmt: skip
+    # The retrainings are cached in the counterfactual benchmark's folder.
+    with common.claim_with_retrained(exp.output_dir, exp.retrained_dir, command=command,
+                                     config_text=config_text) as out:  # fmt: skip
         return run(exp, cfg, fit_cfg, out)
 
 

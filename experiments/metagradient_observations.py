@@ -147,24 +147,13 @@ def fit_curve_point(n, fit, val, obs, weights):
 
 
 def main(argv=None) -> Path:
-    import contextlib
-
-    from simfluence_jax import outputs
-    from simfluence_jax.cli import gin_edge
-
     exp, cfg, fit_cfg, config_text = common.parse(
         sys.argv[1:] if argv is None else argv, MetagradientObservations, __doc__, GIN, FLAGS,
         ("--tiny", TINY_GIN, "CI sizes"),
     )  # fmt: skip
     command = "python -m experiments.metagradient_observations"
-    with contextlib.ExitStack() as claims:
-        out = claims.enter_context(
-            gin_edge.claim_output(exp.output_dir, command=command, config_text=config_text)
-        )
-        if outputs.resolve(exp.retrained_dir) != out:
-            # Only its retrained/ is read and written, claimed shared as the benchmark does.
-            claims.enter_context(gin_edge.claim_output(exp.retrained_dir, command=command,
-                                                       shared=True))  # fmt: skip
+    with common.claim_with_retrained(exp.output_dir, exp.retrained_dir, command=command,
+                                     config_text=config_text) as out:  # fmt: skip
         return run(exp, cfg, fit_cfg, config_text, out)
 
 

@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simfluence_jax.fitting.choice import MOMENTUM_GRID, l2_grid, rollout_mse
+from simfluence_jax.fitting.choice import MOMENTUM_GRID, best_on_validation, l2_grid
 from simfluence_jax.fitting.ridge import ALPHA_FORMS, lr_reference
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.filter import FilterSimulator
@@ -328,26 +328,21 @@ def fit_filter(
     common = dict(seen=runs.used_ids(), alpha0=alpha0, lr_scaled=lr_scaled, name=name)
     if lr_scaled:
         common["lr_ref"] = lr_ref
-    best, best_score, h = None, np.inf, h0
-    for l2_value in grid:
-        h, theta, _ = _levenberg_marquardt(
-            h, data, float(l2_value), N, dtype, MAX_ITERATIONS if learn_filter else 0
-        )
-        sim = FilterSimulator(
-            A=theta[:, :N], B=theta[:, N:], filter=h.astype(np.float32), l2=float(l2_value),
-            **common,
-        )  # fmt: skip
-        if len(grid) == 1:
-            return sim
-        score = rollout_mse(sim.replace(A=np.float32(sim.A), B=np.float32(sim.B)), validation,
-                            mesh=mesh)  # fmt: skip
-        if score < best_score:
-            best, best_score = sim, score
-    if best is None:
-        raise ValueError(
-            f"every l2 in {grid.tolist()} gives a diverging rollout on validation runs"
-        )
-    return best
+
+    def candidates():
+        h = h0
+        for l2_value in grid:
+            h, theta, _ = _levenberg_marquardt(
+                h, data, float(l2_value), N, dtype, MAX_ITERATIONS if learn_filter else 0
+            )
+            yield FilterSimulator(
+                A=theta[:, :N], B=theta[:, N:], filter=h.astype(np.float32), l2=float(l2_value),
+                **common,
+            )  # fmt: skip
+
+    if len(grid) == 1:
+        return next(candidates())
+    return best_on_validation(candidates(), validation, grid, mesh=mesh)
 
 
 #: Kernels of ``fit_linear(kernel=...)``.

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simfluence_jax.fitting.choice import l2_grid, rollout_mse
+from simfluence_jax.fitting.choice import best_on_validation, l2_grid
 from simfluence_jax.fitting.ridge import ALPHA_FORMS, lr_reference
 from simfluence_jax.runs import RunSet
 from simfluence_jax.simulators.linear import LinearSimulator
@@ -202,18 +202,10 @@ def fit_linear_metagradients(
         raise ValueError(
             f"the joint fit is not finite at any l2 of {grid.tolist()} (raise l2 or lower weight)"
         )
-    best, best_score = None, np.inf
-    for k, l2_value in enumerate(grid):
-        if not finite[k]:
-            continue
-        sim = LinearSimulator(A=theta[k, :, :N], B=theta[k, :, N:], l2=float(l2_value), **common)
-        if len(grid) == 1:
-            return sim
-        score = rollout_mse(sim, validation)
-        if score < best_score:
-            best, best_score = sim, score
-    if best is None:
-        raise ValueError(
-            f"every l2 in {grid.tolist()} gives a diverging rollout on validation runs"
-        )
-    return best
+    sims = [
+        LinearSimulator(A=theta[k, :, :N], B=theta[k, :, N:], l2=float(grid[k]), **common)
+        for k in np.flatnonzero(finite)
+    ]
+    if len(grid) == 1:
+        return sims[0]
+    return best_on_validation(sims, validation, grid)

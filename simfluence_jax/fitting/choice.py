@@ -56,6 +56,23 @@ def path_mse(sims: LinearSimulator, K: int, runs: RunSet, *, mesh=None) -> np.nd
     return np.where(finite & np.isfinite(mse), mse, np.inf)
 
 
+def best_on_validation(candidates, validation: RunSet, grid, *, mesh=None):
+    """The candidate (a pair-effect simulator with ``A``, ``B``; ``candidates`` may be a
+    generator, fitted one at a time) whose rollout on ``validation`` has the lowest all-steps
+    MSE, scored in float32. ``ValueError`` naming ``grid`` when every one diverges."""
+    best, best_score = None, np.inf
+    for sim in candidates:
+        score = rollout_mse(sim.replace(A=np.float32(sim.A), B=np.float32(sim.B)), validation,
+                            mesh=mesh)  # fmt: skip
+        if score < best_score:
+            best, best_score = sim, score
+    if best is None:
+        raise ValueError(
+            f"every l2 in {np.asarray(grid).tolist()} gives a diverging rollout on validation runs"
+        )
+    return best
+
+
 def l2_grid(l2, validation) -> np.ndarray:
     """``float64[K]`` l2 values to fit (``solvers.check_l2s``); several need validation runs."""
     if l2 is None:
